@@ -1,0 +1,340 @@
+//! Host-side helpers: overlays and disks (`qemu-img`), seed ISOs (`genisoimage`), the SSH key
+//! pair, console logs, the accelerator probe, and the ownership marker of cluster directories.
+//!
+//! Every file is written to a temporary name in its final directory and renamed into place, so a
+//! crash never leaves a half-written overlay or seed that a later run would mistake for complete.
+//! Processes run through `tokio::process`, never blocking the runtime.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::process::Command;
+use vmcluster_engine::seed::SeedFiles;
+use vmcluster_engine::xml::Accel;
+
+use crate::error::{EngineError, Result};
+
+/// Name of the ownership marker written into every cluster directory.
+pub const OWNER_MARKER: &str = ".vmcluster-owner";
+
+async fn run(action: &str, cmd: &mut Command) -> Result<std::process::Output> {
+    let out = cmd
+        .kill_on_drop(true)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(|e| EngineError::io(action, e))?;
+    if !out.status.success() {
+        return Err(EngineError::Io {
+            action: action.to_owned(),
+            message: format!(
+                "{}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        });
+    }
+    Ok(out)
+}
+
+fn tmp_sibling(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp-{}", uuid::Uuid::new_v4().simple()))
+}
+
+/// Creates `dir` and missing parents, world-traversable (QEMU runs as another user).
+pub fn ensure_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut missing = Vec::new();
+    let mut p = Some(dir);
+    while let Some(d) = p {
+        if d.exists() {
+            break;
+        }
+        missing.push(d.to_path_buf());
+        p = d.parent();
+    }
+    std::fs::create_dir_all(dir)
+        .map_err(|e| EngineError::io(format!("create {}", dir.display()), e))?;
+    for d in missing {
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| EngineError::io(format!("chmod {}", d.display()), e))?;
+    }
+    Ok(())
+}
+
+/// Writes the owner marker of a cluster directory.
+pub fn write_owner_marker(dir: &Path, cluster: &str) -> Result<()> {
+    let path = dir.join(OWNER_MARKER);
+    std::fs::write(&path, format!("{{\"cluster\":{cluster:?}}}\n"))
+        .map_err(|e| EngineError::io(format!("write {}", path.display()), e))
+}
+
+/// The format (`qcow2`, `raw`, ...) of an image, as `qemu-img info` sees it.
+pub async fn image_format(path: &Path) -> Result<String> {
+    let out = run(
+        &format!("inspect {}", path.display()),
+        Command::new("qemu-img")
+            .args(["info", "--output=json", "-U"])
+            .arg(path),
+    )
+    .await?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| EngineError::io("parse qemu-img info", e))?;
+    v.get("format")
+        .and_then(|f| f.as_str())
+        .map(str::to_owned)
+        .ok_or_else(|| EngineError::io("parse qemu-img info", "no format field"))
+}
+
+/// Creates a qcow2 overlay of `base` at `overlay` unless it exists. Returns whether it was created.
+pub async fn ensure_overlay(base: &Path, overlay: &Path) -> Result<bool> {
+    if overlay.exists() {
+        return Ok(false);
+    }
+    let fmt = image_format(base).await?;
+    let tmp = tmp_sibling(overlay);
+    let res = run(
+        &format!("create overlay {}", overlay.display()),
+        Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", &fmt, "-b"])
+            .arg(base)
+            .arg(&tmp),
+    )
+    .await;
+    finish_tmp(res, &tmp, overlay)?;
+    Ok(true)
+}
+
+/// Creates an empty qcow2 disk of `size_gb` GiB at `path` unless it exists. Returns whether it was
+/// created.
+pub async fn ensure_disk(path: &Path, size_gb: u64) -> Result<bool> {
+    if path.exists() {
+        return Ok(false);
+    }
+    if let Some(parent) = path.parent() {
+        ensure_dir(parent)?;
+    }
+    let tmp = tmp_sibling(path);
+    let res = run(
+        &format!("create disk {}", path.display()),
+        Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&tmp)
+            .arg(format!("{size_gb}G")),
+    )
+    .await;
+    finish_tmp(res, &tmp, path)?;
+    Ok(true)
+}
+
+fn finish_tmp<T>(res: Result<T>, tmp: &Path, dest: &Path) -> Result<()> {
+    match res {
+        Ok(_) => std::fs::rename(tmp, dest).map_err(|e| {
+            let _ = std::fs::remove_file(tmp);
+            EngineError::io(format!("rename into {}", dest.display()), e)
+        }),
+        Err(e) => {
+            let _ = std::fs::remove_file(tmp);
+            Err(e)
+        }
+    }
+}
+
+/// Writes a NoCloud seed ISO (volume label `cidata`) at `iso`, replacing any previous one.
+pub async fn write_seed_iso(files: &SeedFiles, iso: &Path) -> Result<()> {
+    let dir = iso
+        .parent()
+        .ok_or_else(|| EngineError::Internal("seed path has no parent".into()))?;
+    let staging = tempfile::Builder::new()
+        .prefix(".seed-")
+        .tempdir_in(dir)
+        .map_err(|e| EngineError::io("create seed staging dir", e))?;
+    for (name, body) in [
+        ("meta-data", &files.meta_data),
+        ("user-data", &files.user_data),
+        ("network-config", &files.network_config),
+    ] {
+        std::fs::write(staging.path().join(name), body)
+            .map_err(|e| EngineError::io(format!("write {name}"), e))?;
+    }
+    let tmp = tmp_sibling(iso);
+    let res = run(
+        &format!("write seed {}", iso.display()),
+        Command::new(iso_writer())
+            .current_dir(staging.path())
+            .args(["-quiet", "-output"])
+            .arg(&tmp)
+            .args([
+                "-V",
+                "cidata",
+                "-J",
+                "-r",
+                "user-data",
+                "meta-data",
+                "network-config",
+            ]),
+    )
+    .await;
+    finish_tmp(res, &tmp, iso)
+}
+
+fn iso_writer() -> &'static str {
+    static W: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+    W.get_or_init(|| {
+        let on_path = |b: &str| {
+            std::env::var_os("PATH")
+                .map(|p| std::env::split_paths(&p).any(|d| d.join(b).is_file()))
+                .unwrap_or(false)
+        };
+        if on_path("genisoimage") {
+            "genisoimage"
+        } else {
+            "mkisofs"
+        }
+    })
+}
+
+/// Removes a file if present.
+pub fn remove_file(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(EngineError::io(format!("remove {}", path.display()), e)),
+    }
+}
+
+/// The last `lines` lines of a console log (empty when there is none yet).
+pub fn console_tail(path: &Path, lines: usize) -> String {
+    let Ok(bytes) = std::fs::read(path) else {
+        return String::new();
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Loads the private key at `path`, generating an ed25519 pair (and `path.pub`) on first use.
+/// Returns the key and its public half as an OpenSSH line.
+pub fn ensure_keypair(path: &Path) -> Result<(russh::keys::PrivateKey, String)> {
+    use russh::keys::ssh_key::{LineEnding, private::Ed25519Keypair};
+    use std::io::Read;
+    if !path.exists() {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| EngineError::io(format!("create {}", parent.display()), e))?;
+        }
+        let mut seed = [0u8; 32];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut seed))
+            .map_err(|e| EngineError::io("read /dev/urandom", e))?;
+        let mut key = russh::keys::PrivateKey::from(Ed25519Keypair::from_seed(&seed));
+        key.set_comment("vmcluster");
+        let tmp = tmp_sibling(path);
+        key.write_openssh_file(&tmp, LineEnding::LF)
+            .map_err(|e| EngineError::io("write SSH key", e))?;
+        std::fs::rename(&tmp, path).map_err(|e| EngineError::io("install SSH key", e))?;
+        let public = key
+            .public_key()
+            .to_openssh()
+            .map_err(|e| EngineError::io("encode SSH key", e))?;
+        std::fs::write(path.with_extension("pub"), format!("{public}\n"))
+            .map_err(|e| EngineError::io("write SSH public key", e))?;
+    }
+    let key = russh::keys::load_secret_key(path, None)
+        .map_err(|e| EngineError::io(format!("load SSH key {}", path.display()), e))?;
+    let public = key
+        .public_key()
+        .to_openssh()
+        .map_err(|e| EngineError::io("encode SSH key", e))?;
+    Ok((key, public))
+}
+
+/// Finds out whether KVM really runs guests here, else TCG.
+///
+/// `/dev/kvm` existing proves little (nested KVM may be present and hang every guest), so this
+/// boots a Linux kernel under KVM with a deadline and waits for it to reach the point where it
+/// looks for init (it panics with `panic=-1` and QEMU exits). Without a kernel it falls back to
+/// a 64 KiB firmware that only proves real-mode execution.
+pub async fn probe_accel(kernel: Option<&Path>, scratch: &Path) -> Accel {
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
+        tracing::info!("accelerator probe: /dev/kvm unusable, using qemu (TCG)");
+        return Accel::Qemu;
+    }
+    let ok = match kernel {
+        Some(k) => boots_kernel(k, "kvm").await,
+        None => runs_firmware(scratch, "kvm").await,
+    };
+    let accel = if ok { Accel::Kvm } else { Accel::Qemu };
+    tracing::info!(?accel, kernel = ?kernel, "accelerator probe finished");
+    accel
+}
+
+/// Boots `kernel` with `accel` and reports whether it reached the init lookup within the deadline.
+pub async fn boots_kernel(kernel: &Path, accel: &str) -> bool {
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args([
+        "-machine",
+        &format!("pc,accel={accel}"),
+        "-m",
+        "256",
+        "-nodefaults",
+        "-display",
+        "none",
+    ])
+    .args([
+        "-no-user-config",
+        "-no-reboot",
+        "-serial",
+        "stdio",
+        "-monitor",
+        "none",
+        "-kernel",
+    ])
+    .arg(kernel)
+    .args([
+        "-append",
+        "console=ttyS0 panic=-1 rdinit=/vmcluster-probe-none init=/vmcluster-probe-none",
+    ])
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::null())
+    .kill_on_drop(true);
+    let probe = async {
+        let out = cmd.output().await.ok()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        Some(
+            text.contains("Kernel panic")
+                || text.contains("No working init found")
+                || text.contains("VFS:"),
+        )
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(20), probe).await,
+        Ok(Some(true))
+    )
+}
+
+/// Runs the probe firmware with `accel` and reports whether it signalled its exit code.
+pub async fn runs_firmware(scratch: &Path, accel: &str) -> bool {
+    use vmcluster_engine::probe;
+    let bios = scratch.join(format!("kvm-probe-{}.bin", uuid::Uuid::new_v4().simple()));
+    if std::fs::write(&bios, probe::firmware()).is_err() {
+        return false;
+    }
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(probe::qemu_args(&bios.to_string_lossy(), accel))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let res = tokio::time::timeout(Duration::from_secs(10), cmd.status()).await;
+    let _ = std::fs::remove_file(&bios);
+    matches!(res, Ok(Ok(s)) if s.code() == Some(probe::EXPECTED_STATUS))
+}

@@ -1,0 +1,235 @@
+//! SSH to the nodes (russh): connect, authenticate with the cluster key, run commands.
+//!
+//! A session is one TCP connection that carries many channels, so a NodeActor keeps one and
+//! reuses it. `nodelay` is on (russh's default costs ~40 ms per round trip on auth alone).
+//!
+//! **Network rule:** before any packet leaves for a guest, [`guard_route`] checks that the
+//! cluster's bridge exists on this host. A guest address with no bridge behind it would route
+//! out of the machine; we refuse instead.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use russh::ChannelMsg;
+use russh::client;
+use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKey};
+
+/// Why an SSH operation failed (the node name is added by the caller).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SshError {
+    /// The bridge the node lives on does not exist: we refuse to send packets anywhere else.
+    #[error("bridge {0:?} does not exist on this host; refusing to connect")]
+    NoBridge(String),
+    /// TCP connect failed or timed out.
+    #[error("connect to {addr}: {message}")]
+    Connect {
+        /// Address.
+        addr: SocketAddr,
+        /// Why.
+        message: String,
+    },
+    /// The server refused our key.
+    #[error("authentication as {user:?} was refused")]
+    AuthRefused {
+        /// User.
+        user: String,
+    },
+    /// The protocol failed after connecting.
+    #[error("{0}")]
+    Protocol(String),
+    /// A command outlived its timeout.
+    #[error("command timed out after {0:?}")]
+    Timeout(Duration),
+}
+
+/// Checks that `bridge` exists here, so a connection to a guest stays on this host.
+pub fn guard_route(bridge: &str) -> Result<(), SshError> {
+    if std::path::Path::new("/sys/class/net").join(bridge).exists() {
+        Ok(())
+    } else {
+        Err(SshError::NoBridge(bridge.to_owned()))
+    }
+}
+
+/// Where and how to reach one node.
+#[derive(Debug, Clone)]
+pub struct SshTarget {
+    /// Address and port.
+    pub addr: SocketAddr,
+    /// Login user.
+    pub user: String,
+    /// Private key.
+    pub key: Arc<PrivateKey>,
+    /// Bridge the node's NIC is on (checked before connecting).
+    pub bridge: String,
+    /// Per-attempt connect timeout.
+    pub connect_timeout: Duration,
+}
+
+/// What a command produced.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecOutput {
+    /// Exit status, when the command exited.
+    pub exit_code: Option<u32>,
+    /// Signal name, when it was killed by one.
+    pub signal: Option<String>,
+    /// Standard output.
+    pub stdout: Vec<u8>,
+    /// Standard error.
+    pub stderr: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct Client {
+    seen_key: Arc<Mutex<Option<PublicKey>>>,
+}
+
+impl client::Handler for Client {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        key: &russh::keys::PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        // Host keys are recorded here; pinning them is the session pool's job.
+        if let russh::keys::PublicKeyOrCertificate::PublicKey { key, .. } = key {
+            *self.seen_key.lock().unwrap_or_else(|p| p.into_inner()) = Some(key.clone());
+        }
+        Ok(true)
+    }
+}
+
+/// One authenticated SSH connection to a node.
+pub struct SshSession {
+    handle: client::Handle<Client>,
+    host_key: Option<PublicKey>,
+}
+
+impl std::fmt::Debug for SshSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SshSession")
+            .field("closed", &self.handle.is_closed())
+            .finish()
+    }
+}
+
+/// Opens a TCP connection to `target` and closes it: the "port open" readiness check.
+pub async fn tcp_probe(target: &SshTarget) -> Result<(), SshError> {
+    guard_route(&target.bridge)?;
+    let addr = target.addr;
+    match tokio::time::timeout(target.connect_timeout, tokio::net::TcpStream::connect(addr)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(SshError::Connect {
+            addr,
+            message: e.to_string(),
+        }),
+        Err(_) => Err(SshError::Connect {
+            addr,
+            message: "timed out".into(),
+        }),
+    }
+}
+
+impl SshSession {
+    /// Connects and authenticates.
+    pub async fn connect(target: &SshTarget) -> Result<SshSession, SshError> {
+        guard_route(&target.bridge)?;
+        let config = Arc::new(client::Config {
+            nodelay: true,
+            inactivity_timeout: None,
+            keepalive_interval: Some(Duration::from_secs(15)),
+            keepalive_max: 3,
+            ..Default::default()
+        });
+        let seen_key = Arc::new(Mutex::new(None));
+        let addr = target.addr;
+        let connect = client::connect(
+            config,
+            addr,
+            Client {
+                seen_key: seen_key.clone(),
+            },
+        );
+        let mut handle = match tokio::time::timeout(target.connect_timeout, connect).await {
+            Ok(Ok(h)) => h,
+            Ok(Err(e)) => {
+                return Err(SshError::Connect {
+                    addr,
+                    message: e.to_string(),
+                });
+            }
+            Err(_) => {
+                return Err(SshError::Connect {
+                    addr,
+                    message: "timed out".into(),
+                });
+            }
+        };
+        // The cluster key is ed25519, which has no RSA hash to negotiate.
+        let auth = handle
+            .authenticate_publickey(
+                &target.user,
+                PrivateKeyWithHashAlg::new(target.key.clone(), None),
+            )
+            .await
+            .map_err(|e| SshError::Protocol(format!("authenticate: {e}")))?;
+        if !auth.success() {
+            return Err(SshError::AuthRefused {
+                user: target.user.clone(),
+            });
+        }
+        let host_key = seen_key.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        Ok(SshSession { handle, host_key })
+    }
+
+    /// Whether the connection is gone.
+    pub fn is_closed(&self) -> bool {
+        self.handle.is_closed()
+    }
+
+    /// The server's host key in OpenSSH format.
+    pub fn host_key(&self) -> Option<String> {
+        self.host_key.as_ref().and_then(|k| k.to_openssh().ok())
+    }
+
+    /// Runs `command` and collects its output; fails with [`SshError::Timeout`] after `timeout`.
+    pub async fn exec(&self, command: &str, timeout: Duration) -> Result<ExecOutput, SshError> {
+        let work = async {
+            let mut ch = self
+                .handle
+                .channel_open_session()
+                .await
+                .map_err(|e| SshError::Protocol(format!("open channel: {e}")))?;
+            ch.exec(true, command)
+                .await
+                .map_err(|e| SshError::Protocol(format!("exec: {e}")))?;
+            let mut out = ExecOutput::default();
+            while let Some(msg) = ch.wait().await {
+                match msg {
+                    ChannelMsg::Data { data } => out.stdout.extend_from_slice(&data),
+                    ChannelMsg::ExtendedData { data, ext: 1 } => {
+                        out.stderr.extend_from_slice(&data)
+                    }
+                    ChannelMsg::ExitStatus { exit_status } => out.exit_code = Some(exit_status),
+                    ChannelMsg::ExitSignal { signal_name, .. } => {
+                        out.signal = Some(format!("{signal_name:?}"))
+                    }
+                    _ => {}
+                }
+            }
+            Ok(out)
+        };
+        tokio::time::timeout(timeout, work)
+            .await
+            .map_err(|_| SshError::Timeout(timeout))?
+    }
+
+    /// Closes the connection politely.
+    pub async fn close(&self) {
+        let _ = self
+            .handle
+            .disconnect(russh::Disconnect::ByApplication, "", "en")
+            .await;
+    }
+}

@@ -1,0 +1,109 @@
+//! What the tools return: cluster status, handles and summaries (seed 000's shapes, extended).
+//!
+//! These are plain serializable types with JSON schemas; the MCP layer wraps them in its
+//! `{success, result, error}` envelope and advertises their schema as the tool's output schema.
+
+use serde::{Deserialize, Serialize};
+
+use crate::state::{DomainState, Readiness};
+
+/// One node in a [`ClusterStatus`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct NodeStatus {
+    /// Node name.
+    pub name: String,
+    /// Role from the topology.
+    pub role: String,
+    /// Static IPv4 address.
+    pub ip: String,
+    /// libvirt domain name.
+    pub domain: String,
+    /// Domain state as libvirt last reported it.
+    pub domain_state: DomainState,
+    /// Readiness phase reached since the last boot.
+    pub phase: Readiness,
+    /// Whether SSH authenticated and ran a command since the last boot.
+    pub ssh_reachable: bool,
+    /// Accelerator the domain was defined with (`kvm` or `qemu`).
+    pub domain_type: String,
+    /// The last readiness error, if the node failed to come up.
+    pub last_error: Option<String>,
+}
+
+/// A cluster's state, answered from actor state without touching the network.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ClusterStatus {
+    /// Cluster name.
+    pub cluster_name: String,
+    /// libvirt network name.
+    pub network: String,
+    /// Whether the network is active.
+    pub network_active: bool,
+    /// Nodes in topology order.
+    pub nodes: Vec<NodeStatus>,
+}
+
+/// SSH descriptor of one node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct NodeHandle {
+    /// Node name.
+    pub name: String,
+    /// Role.
+    pub role: String,
+    /// Address.
+    pub ip: String,
+    /// SSH port.
+    pub ssh_port: u16,
+    /// SSH user.
+    pub ssh_user: String,
+    /// Private key to use.
+    pub ssh_key_path: String,
+    /// Pinned host key (OpenSSH format) once known.
+    pub host_key: Option<String>,
+}
+
+/// Everything a downstream tool needs to reach the cluster directly.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ClusterHandle {
+    /// Cluster name.
+    pub cluster_name: String,
+    /// Where artifacts land on the nodes.
+    pub artifact_path: String,
+    /// `uname -r` of the first node.
+    pub kernel_version: String,
+    /// Per-node kernel versions (they can differ after per-node overrides).
+    pub kernel_versions: std::collections::BTreeMap<String, String>,
+    /// Nodes.
+    pub nodes: Vec<NodeHandle>,
+}
+
+/// One line of `cluster_list`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ClusterSummary {
+    /// Cluster name.
+    pub cluster_name: String,
+    /// Number of nodes.
+    pub nodes: usize,
+    /// Nodes whose domain is running.
+    pub running: usize,
+    /// libvirt network name.
+    pub network: String,
+    /// Subnet.
+    pub subnet: String,
+}
+
+/// The answer of `cluster_list`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ClusterList {
+    /// Defined clusters, by name.
+    pub clusters: Vec<ClusterSummary>,
+}
+
+/// The answer of a single-node tool (`node_crash`, `node_start`, ...).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct NodeResult {
+    /// Cluster name.
+    pub cluster_name: String,
+    /// The node after the operation.
+    pub node: NodeStatus,
+}

@@ -1,0 +1,460 @@
+//! vmcluster's crash-safe command journal.
+//!
+//! Every mutating command is journaled before its first side effect
+//! (write-ahead rule, convention P5), and saga steps are journaled before
+//! each step's side effect. The journal is an append-only sequence of
+//! versioned [`JournalRecord`]s keyed by a strictly increasing sequence
+//! number starting at 1.
+//!
+//! # Durability
+//!
+//! A record acknowledged by [`Journal::append`] / [`Journal::append_batch`]
+//! has survived `sled::Db::flush()`, which flushes sled's IO buffers and
+//! calls fsync. It therefore survives SIGKILL of the process and, per sled's
+//! documentation ("if this succeeds, it is guaranteed that all previous
+//! writes will be recovered if the system crashes"), an OS crash or power
+//! loss. Readers ([`Journal::read_since`], [`Journal::iter_all`],
+//! [`Journal::subscribe`]) only ever see acknowledged (durable) records.
+//! Dropping an `append` future after it was polled does not un-write the
+//! record: it may still become durable.
+//!
+//! # Design
+//!
+//! * One dedicated writer thread owns all writes (sled 0.34.7 deadlocks on
+//!   concurrent `flush_async`). It drains every pending request, writes them
+//!   as one batch, flushes once and then answers all of them (group commit).
+//! * If a write or flush fails, the journal is poisoned: every later append
+//!   fails with [`JournalError::Poisoned`], because what reached the disk is
+//!   unknown. Restart (reopen) to recover.
+//! * Recovery policy on [`Journal::open`] (convention P7): a record that
+//!   fails its checksum or does not decode *at the tail* (the last key) is
+//!   discarded with a warning; anywhere else the journal refuses to open with
+//!   [`JournalError::Corrupt`]. A record of an unknown (newer) version is
+//!   never discarded: [`JournalError::UnsupportedVersion`].
+//! * Framing and encoding are in [`codec`]; the storage engine is behind the
+//!   [`Store`] trait and lives in one file ([`sled_store`]).
+//!
+//! The crate knows nothing of libvirt, SSH or MCP.
+
+pub mod codec;
+pub mod record;
+pub mod sled_store;
+pub mod store;
+
+pub use codec::{DecodeError, EncodeError};
+pub use record::{BodyV1, JournalRecord, ObjectKind, Outcome, RecordV1};
+pub use sled_store::SledStore;
+pub use store::{MemStore, Store, StoreError};
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
+use std::thread::JoinHandle;
+use thiserror::Error;
+use tokio::sync::{broadcast, oneshot};
+
+/// Capacity of the live-tail broadcast; a slower subscriber gets
+/// `RecvError::Lagged` and should catch up with [`Journal::read_since`].
+pub const SUBSCRIBE_CAPACITY: usize = 4096;
+
+/// Most requests the writer folds into one group commit.
+const MAX_REQUESTS_PER_COMMIT: usize = 1024;
+
+/// Errors of the journal.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum JournalError {
+    /// The journal directory is locked by another process (or handle).
+    #[error("journal at {} is in use by another vmcluster process", path.display())]
+    InUse {
+        /// The journal directory.
+        path: PathBuf,
+    },
+    /// The storage engine failed.
+    #[error(transparent)]
+    Store(StoreError),
+    /// A record that is not the last one is corrupt (or keys are out of
+    /// order); the journal refuses to start rather than guess state.
+    #[error("journal is corrupt at seq {seq}: {reason}")]
+    Corrupt {
+        /// Sequence number (store key) of the bad record.
+        seq: u64,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A record was written by a newer vmcluster with a record version this
+    /// build does not know.
+    #[error("journal record at seq {seq} has version tag {tag}, newer than this build supports")]
+    UnsupportedVersion {
+        /// Sequence number of the record.
+        seq: u64,
+        /// Its version tag.
+        tag: u32,
+    },
+    /// A record could not be encoded.
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+    /// An earlier write or flush failed; nothing more is accepted.
+    #[error("journal writer failed earlier ({reason}); restart to recover")]
+    Poisoned {
+        /// The original failure.
+        reason: String,
+    },
+    /// The writer thread is gone (it panicked, or the journal is shutting down).
+    #[error("journal writer thread is gone")]
+    Closed,
+}
+
+impl From<StoreError> for JournalError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::InUse { path } => JournalError::InUse { path },
+            other => JournalError::Store(other),
+        }
+    }
+}
+
+/// What [`Journal::open`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recovery {
+    /// Valid records in the journal (after any discard).
+    pub records: u64,
+    /// Whether a corrupt last record was discarded.
+    pub discarded_tail: bool,
+    /// Sequence number of the last valid record.
+    pub last_seq: Option<u64>,
+}
+
+struct Request {
+    bodies: Vec<BodyV1>,
+    reply: Reply,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    tx: Option<mpsc::Sender<Request>>,
+    writer: Option<JoinHandle<()>>,
+    /// Highest durable seq; 0 = none (seqs start at 1).
+    durable_seq: Arc<AtomicU64>,
+    events: broadcast::Sender<RecordV1>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Closing the channel makes the writer finish pending work, flush
+        // and exit; wait for it so the store (and its lock) is released.
+        drop(self.tx.take());
+        if let Some(h) = self.writer.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Handle to the journal: cheap to clone, `Send + Sync`. The writer thread
+/// stops (after a final flush) when the last handle is dropped.
+#[derive(Clone)]
+pub struct Journal {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal")
+            .field("last_seq", &self.last_seq())
+            .finish_non_exhaustive()
+    }
+}
+
+fn decode_at(seq: u64, bytes: &[u8]) -> Result<JournalRecord, JournalError> {
+    let rec = codec::decode(bytes).map_err(|e| match e {
+        DecodeError::UnknownVersion { tag } => JournalError::UnsupportedVersion { seq, tag },
+        e => JournalError::Corrupt {
+            seq,
+            reason: e.to_string(),
+        },
+    })?;
+    if rec.seq() != seq {
+        return Err(JournalError::Corrupt {
+            seq,
+            reason: format!(
+                "record says seq {} but is stored under key {seq}",
+                rec.seq()
+            ),
+        });
+    }
+    Ok(rec)
+}
+
+/// Scans and validates the whole store; returns what was found and the next
+/// sequence number to assign.
+fn recover(store: &dyn Store) -> Result<(Recovery, u64), JournalError> {
+    let mut records = 0u64;
+    let mut last_valid: Option<u64> = None;
+    let mut max_key: Option<u64> = None;
+    // A bad record is only forgivable if nothing follows it.
+    let mut pending_bad: Option<(u64, String)> = None;
+
+    for item in store.scan_from(0) {
+        let (seq, bytes) = item?;
+        if let Some((bad_seq, reason)) = pending_bad.take() {
+            return Err(JournalError::Corrupt {
+                seq: bad_seq,
+                reason,
+            });
+        }
+        if let Some(prev) = max_key
+            && seq <= prev
+        {
+            return Err(JournalError::Corrupt {
+                seq,
+                reason: format!("sequence not increasing: {seq} after {prev}"),
+            });
+        }
+        max_key = Some(seq);
+        match decode_at(seq, &bytes) {
+            Ok(_) => {
+                records += 1;
+                last_valid = Some(seq);
+            }
+            Err(e @ JournalError::UnsupportedVersion { .. }) => return Err(e),
+            Err(JournalError::Corrupt { reason, .. }) => pending_bad = Some((seq, reason)),
+            Err(e) => return Err(e),
+        }
+    }
+
+    let discarded_tail = match pending_bad {
+        Some((seq, reason)) => {
+            tracing::warn!(seq, %reason, "discarding corrupt journal tail record");
+            store.remove(seq)?;
+            store.flush()?;
+            true
+        }
+        None => false,
+    };
+    // Never reuse a seq, even a discarded one: someone may have seen it.
+    let next_seq = max_key.map_or(1, |k| k + 1);
+    Ok((
+        Recovery {
+            records,
+            discarded_tail,
+            last_seq: last_valid,
+        },
+        next_seq,
+    ))
+}
+
+impl Journal {
+    /// Opens (creating if needed) the sled journal in `dir`, validates every
+    /// record and starts the writer thread. Blocking; scans everything.
+    pub fn open(dir: &Path) -> Result<(Journal, Recovery), JournalError> {
+        let store = SledStore::open(dir)?;
+        Self::open_store(store)
+    }
+
+    /// Like [`Journal::open`] on any [`Store`] (e.g. [`MemStore`] in tests).
+    pub fn open_store<S: Store>(store: S) -> Result<(Journal, Recovery), JournalError> {
+        let store: Arc<dyn Store> = Arc::new(store);
+        let (recovery, next_seq) = recover(store.as_ref())?;
+        let durable_seq = Arc::new(AtomicU64::new(recovery.last_seq.unwrap_or(0)));
+        let (events, _) = broadcast::channel(SUBSCRIBE_CAPACITY);
+        let (tx, rx) = mpsc::channel::<Request>();
+        let writer = {
+            let store = Arc::clone(&store);
+            let durable_seq = Arc::clone(&durable_seq);
+            let events = events.clone();
+            std::thread::Builder::new()
+                .name("vmcluster-journal-writer".into())
+                .spawn(move || writer_loop(store, rx, next_seq, durable_seq, events))
+                .map_err(|e| JournalError::Store(StoreError::Io(format!("spawn writer: {e}"))))?
+        };
+        let journal = Journal {
+            inner: Arc::new(Inner {
+                store,
+                tx: Some(tx),
+                writer: Some(writer),
+                durable_seq,
+                events,
+            }),
+        };
+        Ok((journal, recovery))
+    }
+
+    /// Appends one record; returns it (with its seq and timestamp) once it
+    /// is durable.
+    pub async fn append(&self, body: BodyV1) -> Result<RecordV1, JournalError> {
+        self.append_batch(vec![body])
+            .await?
+            .pop()
+            .ok_or(JournalError::Closed)
+    }
+
+    /// Appends several records with consecutive seqs in one atomic store
+    /// batch; returns them once they are durable. An empty batch is a no-op.
+    pub async fn append_batch(&self, bodies: Vec<BodyV1>) -> Result<Vec<RecordV1>, JournalError> {
+        if bodies.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (reply, rx) = oneshot::channel();
+        let tx = self.inner.tx.as_ref().ok_or(JournalError::Closed)?;
+        tx.send(Request { bodies, reply })
+            .map_err(|_| JournalError::Closed)?;
+        rx.await.map_err(|_| JournalError::Closed)?
+    }
+
+    /// Up to `limit` durable records with `seq > since_seq`, in order.
+    /// Blocking (reads the store).
+    pub fn read_since(&self, since_seq: u64, limit: usize) -> Result<Vec<RecordV1>, JournalError> {
+        let durable = self.inner.durable_seq.load(Ordering::Acquire);
+        let mut out = Vec::new();
+        if limit == 0 || since_seq >= durable {
+            return Ok(out);
+        }
+        for item in self.inner.store.scan_from(since_seq + 1) {
+            let (seq, bytes) = item?;
+            if seq > durable {
+                break;
+            }
+            out.push(decode_at(seq, &bytes)?.into_v1());
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every durable record (as of this call), in order, for replay.
+    /// Blocking (reads the store lazily).
+    pub fn iter_all(&self) -> impl Iterator<Item = Result<RecordV1, JournalError>> + '_ {
+        let durable = self.inner.durable_seq.load(Ordering::Acquire);
+        self.inner
+            .store
+            .scan_from(1)
+            .take_while(move |item| !matches!(item, Ok((seq, _)) if *seq > durable))
+            .map(|item| {
+                let (seq, bytes) = item?;
+                Ok(decode_at(seq, &bytes)?.into_v1())
+            })
+    }
+
+    /// Sequence number of the last durable record.
+    pub fn last_seq(&self) -> Option<u64> {
+        match self.inner.durable_seq.load(Ordering::Acquire) {
+            0 => None,
+            s => Some(s),
+        }
+    }
+
+    /// Live tail: every record appended from now on, in seq order, sent
+    /// after it is durable. Ends (`Closed`) when the journal shuts down.
+    pub fn subscribe(&self) -> broadcast::Receiver<RecordV1> {
+        self.inner.events.subscribe()
+    }
+}
+
+type Reply = oneshot::Sender<Result<Vec<RecordV1>, JournalError>>;
+
+/// Encoded frames keyed by seq, as handed to [`Store::put_batch`].
+type Frames = Vec<(u64, Vec<u8>)>;
+
+/// The single writer: group commit of everything pending.
+fn writer_loop(
+    store: Arc<dyn Store>,
+    rx: mpsc::Receiver<Request>,
+    mut next_seq: u64,
+    durable_seq: Arc<AtomicU64>,
+    events: broadcast::Sender<RecordV1>,
+) {
+    let mut poisoned: Option<String> = None;
+    while let Ok(first) = rx.recv() {
+        let mut requests = vec![first];
+        while requests.len() < MAX_REQUESTS_PER_COMMIT {
+            match rx.try_recv() {
+                Ok(r) => requests.push(r),
+                Err(_) => break,
+            }
+        }
+        if let Some(reason) = &poisoned {
+            for r in requests {
+                let _ = r.reply.send(Err(JournalError::Poisoned {
+                    reason: reason.clone(),
+                }));
+            }
+            continue;
+        }
+
+        let mut items: Frames = Vec::new();
+        let mut staged: Vec<(Reply, Vec<RecordV1>)> = Vec::with_capacity(requests.len());
+        for Request { bodies, reply } in requests {
+            match encode_request(bodies, next_seq) {
+                Ok((recs, frames)) => {
+                    next_seq += recs.len() as u64;
+                    items.extend(frames);
+                    staged.push((reply, recs));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            }
+        }
+        if items.is_empty() {
+            continue;
+        }
+
+        match store.put_batch(&items).and_then(|()| store.flush()) {
+            Ok(()) => {
+                if let Some((last, _)) = items.last() {
+                    durable_seq.store(*last, Ordering::Release);
+                }
+                let live = events.receiver_count() > 0;
+                for (reply, recs) in staged {
+                    if live {
+                        for r in &recs {
+                            let _ = events.send(r.clone());
+                        }
+                    }
+                    let _ = reply.send(Ok(recs));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "journal write failed; journal is now poisoned");
+                poisoned = Some(e.to_string());
+                for (reply, _) in staged {
+                    let _ = reply.send(Err(JournalError::Store(e.clone())));
+                }
+            }
+        }
+    }
+    // All handles dropped: a last flush (a no-op after group commits).
+    if poisoned.is_none()
+        && let Err(e) = store.flush()
+    {
+        tracing::warn!(error = %e, "journal flush at shutdown failed");
+    }
+}
+
+/// Assigns seqs and timestamps to one request's bodies and encodes them.
+fn encode_request(
+    bodies: Vec<BodyV1>,
+    first_seq: u64,
+) -> Result<(Vec<RecordV1>, Frames), JournalError> {
+    let ts_ms = chrono::Utc::now().timestamp_millis();
+    let mut recs = Vec::with_capacity(bodies.len());
+    let mut frames = Vec::with_capacity(bodies.len());
+    for (i, body) in bodies.into_iter().enumerate() {
+        let seq = first_seq + i as u64;
+        let rec = JournalRecord::V1(RecordV1 { seq, ts_ms, body });
+        frames.push((seq, codec::encode(&rec)?));
+        recs.push(rec.into_v1());
+    }
+    Ok((recs, frames))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn journal_is_send_sync_clone() {
+        fn check<T: Send + Sync + Clone + 'static>() {}
+        check::<Journal>();
+    }
+}

@@ -1,0 +1,387 @@
+//! The command line: `vmcluster serve` (MCP over stdio) and one verb per tool, on the same
+//! engine. Human-readable output by default; `--json` prints the tool's envelope instead.
+
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use serde::Serialize;
+use vmcluster_actors::{Engine, NodeOp, Reply, StopMode};
+use vmcluster_engine::view::{ClusterHandle, ClusterList, ClusterStatus, NodeResult, NodeStatus};
+
+use crate::envelope::{Envelope, ToolError};
+
+/// Command-line arguments.
+#[derive(Debug, Parser)]
+#[command(
+    name = "vmcluster",
+    version,
+    about = "Run clusters of QEMU/KVM virtual machines through libvirt."
+)]
+pub struct Cli {
+    /// Print the JSON envelope `{success, result, error, op_id}` instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How to stop a node or cluster.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ModeArg {
+    /// ACPI power button, forced after the timeout.
+    Shutdown,
+    /// Immediate power-off.
+    Destroy,
+}
+
+impl From<ModeArg> for StopMode {
+    fn from(m: ModeArg) -> StopMode {
+        match m {
+            ModeArg::Shutdown => StopMode::Shutdown,
+            ModeArg::Destroy => StopMode::Destroy,
+        }
+    }
+}
+
+/// The verbs.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve MCP over stdin/stdout.
+    Serve,
+    /// Define (or converge) a cluster from <topology>.yaml in the topology directory.
+    Define {
+        /// Topology name.
+        topology: String,
+    },
+    /// Boot every node.
+    Start {
+        /// Cluster name.
+        cluster: String,
+        /// Return once the domains run, without waiting for SSH.
+        #[arg(long)]
+        no_wait: bool,
+        /// Readiness budget per node, in seconds.
+        #[arg(long, default_value_t = 120)]
+        ssh_timeout: u64,
+    },
+    /// Stop every node.
+    Stop {
+        /// Cluster name.
+        cluster: String,
+        /// How.
+        #[arg(long, value_enum, default_value_t = ModeArg::Shutdown)]
+        mode: ModeArg,
+        /// Graceful budget in seconds.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
+    /// Tear a cluster down.
+    Destroy {
+        /// Cluster name.
+        cluster: String,
+        /// Also delete overlay disks.
+        #[arg(long)]
+        remove_overlays: bool,
+    },
+    /// Show a cluster's state.
+    Status {
+        /// Cluster name.
+        cluster: String,
+    },
+    /// Show how to reach a running cluster's nodes.
+    Handle {
+        /// Cluster name.
+        cluster: String,
+    },
+    /// List defined clusters.
+    List,
+    /// Act on one node.
+    Node {
+        /// What to do.
+        #[command(subcommand)]
+        action: NodeAction,
+    },
+}
+
+/// Single-node verbs.
+#[derive(Debug, Subcommand)]
+pub enum NodeAction {
+    /// Power a node off uncleanly (and by default on again).
+    Crash {
+        /// Cluster.
+        cluster: String,
+        /// Node.
+        node: String,
+        /// Leave it off.
+        #[arg(long)]
+        no_restart: bool,
+        /// Do not wait for readiness after the restart.
+        #[arg(long)]
+        no_wait: bool,
+        /// Readiness budget in seconds.
+        #[arg(long, default_value_t = 120)]
+        ssh_timeout: u64,
+    },
+    /// Power a node on.
+    Start {
+        /// Cluster.
+        cluster: String,
+        /// Node.
+        node: String,
+        /// Do not wait for readiness.
+        #[arg(long)]
+        no_wait: bool,
+        /// Readiness budget in seconds.
+        #[arg(long, default_value_t = 120)]
+        ssh_timeout: u64,
+    },
+    /// Power a node off.
+    Stop {
+        /// Cluster.
+        cluster: String,
+        /// Node.
+        node: String,
+        /// How.
+        #[arg(long, value_enum, default_value_t = ModeArg::Shutdown)]
+        mode: ModeArg,
+        /// Graceful budget in seconds.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
+    /// Reboot a node.
+    Reboot {
+        /// Cluster.
+        cluster: String,
+        /// Node.
+        node: String,
+        /// Reset instead of asking the guest.
+        #[arg(long)]
+        hard: bool,
+        /// Do not wait for readiness.
+        #[arg(long)]
+        no_wait: bool,
+        /// Readiness budget in seconds.
+        #[arg(long, default_value_t = 120)]
+        ssh_timeout: u64,
+    },
+}
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+/// Runs one CLI verb (not `serve`) and returns the process exit code.
+pub async fn run(engine: &Engine, command: Command, json: bool) -> i32 {
+    match command {
+        Command::Serve => unreachable!("serve is handled by main"),
+        Command::Define { topology } => emit(engine.define(&topology).await, json, print_status),
+        Command::Start {
+            cluster,
+            no_wait,
+            ssh_timeout,
+        } => emit(
+            engine
+                .start_cluster(&cluster, !no_wait, secs(ssh_timeout))
+                .await,
+            json,
+            print_status,
+        ),
+        Command::Stop {
+            cluster,
+            mode,
+            timeout,
+        } => emit(
+            engine
+                .stop_cluster(&cluster, mode.into(), secs(timeout))
+                .await,
+            json,
+            print_status,
+        ),
+        Command::Destroy {
+            cluster,
+            remove_overlays,
+        } => emit(
+            engine.destroy(&cluster, remove_overlays).await,
+            json,
+            print_status,
+        ),
+        Command::Status { cluster } => {
+            emit(plain(engine.status(&cluster).await), json, print_status)
+        }
+        Command::Handle { cluster } => {
+            emit(plain(engine.handle(&cluster).await), json, print_handle)
+        }
+        Command::List => emit(plain(engine.list().await), json, print_list),
+        Command::Node { action } => {
+            let (cluster, node, op) = match action {
+                NodeAction::Crash {
+                    cluster,
+                    node,
+                    no_restart,
+                    no_wait,
+                    ssh_timeout,
+                } => (
+                    cluster,
+                    node,
+                    NodeOp::Crash {
+                        restart_after: !no_restart,
+                        wait_for_ssh: !no_wait,
+                        ssh_timeout: secs(ssh_timeout),
+                    },
+                ),
+                NodeAction::Start {
+                    cluster,
+                    node,
+                    no_wait,
+                    ssh_timeout,
+                } => (
+                    cluster,
+                    node,
+                    NodeOp::Start {
+                        wait_for_ssh: !no_wait,
+                        ssh_timeout: secs(ssh_timeout),
+                    },
+                ),
+                NodeAction::Stop {
+                    cluster,
+                    node,
+                    mode,
+                    timeout,
+                } => (
+                    cluster,
+                    node,
+                    NodeOp::Stop {
+                        mode: mode.into(),
+                        timeout: secs(timeout),
+                    },
+                ),
+                NodeAction::Reboot {
+                    cluster,
+                    node,
+                    hard,
+                    no_wait,
+                    ssh_timeout,
+                } => (
+                    cluster,
+                    node,
+                    NodeOp::Reboot {
+                        hard,
+                        wait_for_ssh: !no_wait,
+                        ssh_timeout: secs(ssh_timeout),
+                    },
+                ),
+            };
+            emit(engine.node(&cluster, &node, op).await, json, print_node)
+        }
+    }
+}
+
+fn plain<T>(r: vmcluster_actors::Result<T>) -> Reply<T> {
+    Reply {
+        op_id: None,
+        result: r,
+    }
+}
+
+fn emit<T: Serialize>(reply: Reply<T>, json: bool, human: fn(&T)) -> i32 {
+    let (code, env) = match reply.result {
+        Ok(v) => (0, Envelope::ok(v, reply.op_id)),
+        Err(e) => (
+            1,
+            Envelope {
+                success: false,
+                result: None,
+                error: Some(ToolError::from_engine(&e)),
+                op_id: reply.op_id.map(|u| u.to_string()),
+            },
+        ),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&env).unwrap_or_default());
+    } else if let Some(v) = &env.result {
+        human(v);
+    }
+    if let Some(e) = &env.error
+        && !json
+    {
+        eprintln!("error [{}]: {}", e.code, e.message);
+    }
+    code
+}
+
+fn phase_word(n: &NodeStatus) -> String {
+    let phase = serde_json::to_value(n.phase)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let state = serde_json::to_value(n.domain_state)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    format!("{state:<10} {phase}")
+}
+
+fn print_status(s: &ClusterStatus) {
+    println!(
+        "cluster {}  network {} ({})",
+        s.cluster_name,
+        s.network,
+        if s.network_active {
+            "active"
+        } else {
+            "inactive"
+        }
+    );
+    println!(
+        "  {:<14} {:<10} {:<16} {:<10} PHASE",
+        "NODE", "ROLE", "IP", "STATE"
+    );
+    for n in &s.nodes {
+        println!(
+            "  {:<14} {:<10} {:<16} {}",
+            n.name,
+            n.role,
+            n.ip,
+            phase_word(n)
+        );
+        if let Some(e) = &n.last_error {
+            println!("      last error: {e}");
+        }
+    }
+}
+
+fn print_node(r: &NodeResult) {
+    let n = &r.node;
+    println!("{}/{}  {}  {}", r.cluster_name, n.name, n.ip, phase_word(n));
+}
+
+fn print_handle(h: &ClusterHandle) {
+    println!(
+        "cluster {}  kernel {}  artifacts {}",
+        h.cluster_name, h.kernel_version, h.artifact_path
+    );
+    for n in &h.nodes {
+        println!(
+            "  {:<14} ssh -i {} -p {} {}@{}",
+            n.name, n.ssh_key_path, n.ssh_port, n.ssh_user, n.ip
+        );
+    }
+}
+
+fn print_list(l: &ClusterList) {
+    if l.clusters.is_empty() {
+        println!("no clusters defined");
+    }
+    for c in &l.clusters {
+        println!(
+            "{:<24} {} node(s), {} running, network {} {}",
+            c.cluster_name, c.nodes, c.running, c.network, c.subnet
+        );
+    }
+}
+
+/// Parses the command line.
+pub fn parse() -> Cli {
+    Cli::parse()
+}

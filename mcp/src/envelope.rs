@@ -1,0 +1,174 @@
+//! The result envelope every tool returns, and the one place engine errors become tool errors.
+//!
+//! Shape (seed 000's, extended): `{success, result, error: {code, message, recoverable, ...},
+//! op_id}`. A failure is returned as a tool result with `isError: true` and the same envelope in
+//! `structuredContent`, so clients branch on `error.code` instead of parsing prose. JSON-RPC
+//! errors are reserved for requests the protocol itself rejects.
+
+use rmcp::handler::server::tool::IntoCallToolResult;
+use rmcp::model::{CallToolResponse, CallToolResult, JsonObject};
+use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use vmcluster_actors::{EngineError, Reply};
+use vmcluster_engine::ErrorCode;
+
+/// One node's share of a multi-node failure.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct NodeFailure {
+    /// Node name.
+    pub node: String,
+    /// Its error code.
+    pub code: ErrorCode,
+    /// What went wrong there.
+    pub message: String,
+}
+
+/// A typed tool error.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ToolError {
+    /// Stable code (`NOT_FOUND`, `INVALID_ARGUMENT`, `CONFLICT`, `TIMEOUT`, `LIBVIRT`, `SSH`, ...).
+    pub code: ErrorCode,
+    /// Human-readable explanation.
+    pub message: String,
+    /// Whether retrying the same request later may succeed.
+    pub recoverable: bool,
+    /// The node concerned, when there is one.
+    pub node: Option<String>,
+    /// The failed step of a multi-step command.
+    pub step: Option<String>,
+    /// Per-node failures of a multi-node command.
+    pub nodes: Vec<NodeFailure>,
+    /// Topology violations, one per offending field.
+    pub violations: Vec<vmcluster_engine::topology::Violation>,
+}
+
+impl ToolError {
+    /// Maps an engine error (the only such mapping in the server).
+    pub fn from_engine(e: &EngineError) -> ToolError {
+        let code = e.code();
+        let inner = match e {
+            EngineError::Step { source, .. } => source.as_ref(),
+            other => other,
+        };
+        let nodes = match inner {
+            EngineError::Nodes { failures, .. } => failures
+                .iter()
+                .map(|(n, e)| NodeFailure {
+                    node: n.clone(),
+                    code: e.code(),
+                    message: e.to_string(),
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        let violations = match inner {
+            EngineError::Topology(vmcluster_engine::topology::TopologyError::Invalid(v)) => {
+                v.clone()
+            }
+            _ => Vec::new(),
+        };
+        ToolError {
+            code,
+            message: e.to_string(),
+            recoverable: code.recoverable(),
+            node: e.node().map(str::to_owned),
+            step: e.step().map(str::to_owned),
+            nodes,
+            violations,
+        }
+    }
+
+    /// An `INVALID_ARGUMENT` error.
+    pub fn invalid(message: impl Into<String>) -> ToolError {
+        ToolError {
+            code: ErrorCode::InvalidArgument,
+            message: message.into(),
+            recoverable: false,
+            node: None,
+            step: None,
+            nodes: Vec::new(),
+            violations: Vec::new(),
+        }
+    }
+}
+
+/// The envelope of every tool result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Envelope<T> {
+    /// Whether the tool did what was asked.
+    pub success: bool,
+    /// The result, when successful.
+    pub result: Option<T>,
+    /// The error, when not.
+    pub error: Option<ToolError>,
+    /// Id of the journaled operation (mutating tools only).
+    pub op_id: Option<String>,
+}
+
+impl<T> Envelope<T> {
+    /// A success.
+    pub fn ok(result: T, op_id: Option<uuid::Uuid>) -> Envelope<T> {
+        Envelope {
+            success: true,
+            result: Some(result),
+            error: None,
+            op_id: op_id.map(|u| u.to_string()),
+        }
+    }
+}
+
+/// A failed tool call: converts to `isError: true` with the envelope as structured content.
+#[derive(Debug)]
+pub struct Failure(pub serde_json::Value);
+
+impl Failure {
+    /// Wraps a tool error.
+    pub fn new(error: ToolError, op_id: Option<uuid::Uuid>) -> Failure {
+        let env: Envelope<()> = Envelope {
+            success: false,
+            result: None,
+            error: Some(error),
+            op_id: op_id.map(|u| u.to_string()),
+        };
+        Failure(serde_json::to_value(env).unwrap_or_default())
+    }
+}
+
+impl IntoCallToolResult for Failure {
+    fn into_call_tool_result(self) -> Result<CallToolResponse, rmcp::ErrorData> {
+        Ok(CallToolResult::structured_error(self.0).into())
+    }
+}
+
+/// What a tool method returns.
+pub type ToolResult<T> = Result<rmcp::Json<Envelope<T>>, Failure>;
+
+/// Turns an engine answer into a tool result.
+pub fn from_result<T>(r: vmcluster_actors::Result<T>) -> ToolResult<T> {
+    match r {
+        Ok(v) => Ok(rmcp::Json(Envelope::ok(v, None))),
+        Err(e) => Err(Failure::new(ToolError::from_engine(&e), None)),
+    }
+}
+
+/// Turns a journaled command's reply into a tool result.
+pub fn from_reply<T>(r: Reply<T>) -> ToolResult<T> {
+    match r.result {
+        Ok(v) => Ok(rmcp::Json(Envelope::ok(v, r.op_id))),
+        Err(e) => Err(Failure::new(ToolError::from_engine(&e), r.op_id)),
+    }
+}
+
+/// Parses raw tool arguments into typed parameters; a mismatch is an `INVALID_ARGUMENT` tool
+/// error (so the model can correct itself), never a protocol error.
+pub fn parse<P: DeserializeOwned>(args: JsonObject) -> Result<P, Failure> {
+    serde_json::from_value(serde_json::Value::Object(args))
+        .map_err(|e| Failure::new(ToolError::invalid(format!("Invalid arguments: {e}")), None))
+}
+
+/// The input schema advertised for parameters of type `P`.
+pub fn input_schema<P: JsonSchema + 'static>() -> std::sync::Arc<JsonObject> {
+    rmcp::handler::server::common::schema_for_input::<P>()
+        .expect("parameter types are JSON objects")
+}

@@ -1,0 +1,169 @@
+//! Typed tool parameters (seed 000's names and defaults). Unknown fields are refused; each
+//! field's doc comment becomes its description in the JSON schema.
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+fn yes() -> bool {
+    true
+}
+fn ssh_timeout() -> u64 {
+    120
+}
+fn stop_timeout() -> u64 {
+    60
+}
+
+/// `cluster_define`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DefineParams {
+    /// Topology file name in the topology directory, without `.yaml`.
+    pub topology_name: String,
+}
+
+/// Tools that take just a cluster.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterParams {
+    /// Cluster name.
+    pub cluster_name: String,
+}
+
+/// Tools without parameters.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NoParams {}
+
+/// `cluster_start`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StartParams {
+    /// Cluster name.
+    pub cluster_name: String,
+    /// Wait until every node is ready (SSH works, cloud-init finished). Default true.
+    #[serde(default = "yes")]
+    pub wait_for_ssh: bool,
+    /// Readiness budget per node in seconds (1-3600). Default 120.
+    #[serde(default = "ssh_timeout")]
+    pub ssh_timeout_s: u64,
+}
+
+/// How to stop.
+#[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StopModeParam {
+    /// ACPI power button, forced off after `timeout_s`.
+    #[default]
+    Shutdown,
+    /// Immediate power-off.
+    Destroy,
+}
+
+/// `cluster_stop`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StopParams {
+    /// Cluster name.
+    pub cluster_name: String,
+    /// `shutdown` (default) or `destroy`.
+    #[serde(default)]
+    pub mode: StopModeParam,
+    /// Seconds to wait for a graceful shutdown before forcing power-off (1-3600). Default 60.
+    #[serde(default = "stop_timeout")]
+    pub timeout_s: u64,
+}
+
+/// `cluster_destroy`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DestroyParams {
+    /// Cluster name.
+    pub cluster_name: String,
+    /// Also delete the nodes' overlay disks and the extra disks vmcluster created. Default false.
+    #[serde(default)]
+    pub remove_overlays: bool,
+}
+
+/// `node_crash`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CrashParams {
+    /// Cluster name.
+    pub cluster_name: String,
+    /// Node name.
+    #[serde(alias = "node_name")]
+    pub node: String,
+    /// Power the node on again after the crash. Default true.
+    #[serde(default = "yes")]
+    pub restart_after: bool,
+    /// After restarting, wait until it is ready. Default true.
+    #[serde(default = "yes")]
+    pub wait_for_ssh: bool,
+    /// Readiness budget in seconds (1-3600). Default 120.
+    #[serde(default = "ssh_timeout")]
+    pub ssh_timeout_s: u64,
+}
+
+/// `node_start`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NodeStartParams {
+    /// Cluster name.
+    pub cluster_name: String,
+    /// Node name.
+    #[serde(alias = "node")]
+    pub node_name: String,
+    /// Wait until it is ready. Default true.
+    #[serde(default = "yes")]
+    pub wait_for_ssh: bool,
+    /// Readiness budget in seconds (1-3600). Default 120.
+    #[serde(default = "ssh_timeout")]
+    pub ssh_timeout_s: u64,
+}
+
+/// `node_stop`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NodeStopParams {
+    /// Cluster name.
+    pub cluster_name: String,
+    /// Node name.
+    #[serde(alias = "node")]
+    pub node_name: String,
+    /// `shutdown` (default) or `destroy`.
+    #[serde(default)]
+    pub mode: StopModeParam,
+    /// Graceful budget in seconds (1-3600). Default 60.
+    #[serde(default = "stop_timeout")]
+    pub timeout_s: u64,
+}
+
+/// `node_reboot`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NodeRebootParams {
+    /// Cluster name.
+    pub cluster_name: String,
+    /// Node name.
+    #[serde(alias = "node")]
+    pub node_name: String,
+    /// Reset the machine instead of asking the guest to reboot. Default false.
+    #[serde(default)]
+    pub hard: bool,
+    /// Wait until it is ready again. Default true.
+    #[serde(default = "yes")]
+    pub wait_for_ssh: bool,
+    /// Readiness budget in seconds (1-3600). Default 120.
+    #[serde(default = "ssh_timeout")]
+    pub ssh_timeout_s: u64,
+}
+
+/// Checks a duration parameter.
+pub fn seconds(name: &str, v: u64) -> Result<std::time::Duration, String> {
+    if (1..=3600).contains(&v) {
+        Ok(std::time::Duration::from_secs(v))
+    } else {
+        Err(format!("{name} must be between 1 and 3600, got {v}"))
+    }
+}

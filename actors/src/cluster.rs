@@ -484,25 +484,20 @@ impl Actor for ClusterActor {
             }
             _ => return Ok(()),
         };
-        let Some(domain) = cell
-            .get_name()
-            .and_then(|n| n.strip_prefix("node:").map(str::to_owned))
-        else {
-            return Ok(());
-        };
-        let Some((c, n)) = st.by_domain.get(&domain).cloned() else {
+        // Find the node whose current actor this was; anything else (an actor we already
+        // replaced, or stopped on purpose when its cluster was destroyed) needs nothing.
+        let Some((c, n, restarts)) = st.clusters.iter().find_map(|(c, e)| {
+            e.nodes
+                .iter()
+                .find(|(_, ne)| ne.actor.get_id() == cell.get_id())
+                .map(|(n, ne)| (c.clone(), n.clone(), ne.restarts))
+        }) else {
             return Ok(());
         };
         let Some(entry) = st.clusters.get(&c) else {
             return Ok(());
         };
-        let Some(ne) = entry.nodes.get(&n) else {
-            return Ok(());
-        };
-        if ne.actor.get_id() != cell.get_id() {
-            return Ok(()); // an actor we already replaced or stopped on purpose
-        }
-        let restarts = ne.restarts + 1;
+        let restarts = restarts + 1;
         tracing::error!(cluster = %c, node = %n, %why, restarts, "node actor stopped unexpectedly");
         if restarts > MAX_NODE_RESTARTS {
             tracing::error!(cluster = %c, node = %n, "node actor restart budget exhausted; node left failed");
@@ -770,7 +765,10 @@ impl Ctx {
                 if let Some(a) = cache.get(&key) {
                     return *a;
                 }
-                let a = host::probe_accel(kernel, &std::env::temp_dir()).await;
+                let a = match host::ensure_dir(&self.config.cache_dir) {
+                    Ok(()) => host::probe_accel_cached(kernel, &self.config.cache_dir).await,
+                    Err(_) => host::probe_accel(kernel, &std::env::temp_dir()).await,
+                };
                 cache.insert(key, a);
                 a
             }

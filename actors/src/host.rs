@@ -92,7 +92,7 @@ pub async fn image_format(path: &Path) -> Result<String> {
 
 /// Creates a qcow2 overlay of `base` at `overlay` unless it exists. Returns whether it was created.
 pub async fn ensure_overlay(base: &Path, overlay: &Path) -> Result<bool> {
-    if overlay.exists() {
+    if existing_file(overlay)? {
         return Ok(false);
     }
     let fmt = image_format(base).await?;
@@ -112,7 +112,7 @@ pub async fn ensure_overlay(base: &Path, overlay: &Path) -> Result<bool> {
 /// Creates an empty qcow2 disk of `size_gb` GiB at `path` unless it exists. Returns whether it was
 /// created.
 pub async fn ensure_disk(path: &Path, size_gb: u64) -> Result<bool> {
-    if path.exists() {
+    if existing_file(path)? {
         return Ok(false);
     }
     if let Some(parent) = path.parent() {
@@ -129,6 +129,19 @@ pub async fn ensure_disk(path: &Path, size_gb: u64) -> Result<bool> {
     .await;
     finish_tmp(res, &tmp, path)?;
     Ok(true)
+}
+
+/// Whether `path` is an existing regular file; anything else in its place is an error.
+fn existing_file(path: &Path) -> Result<bool> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => Ok(true),
+        Ok(_) => Err(EngineError::io(
+            format!("use {}", path.display()),
+            "it exists and is not a regular file",
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(EngineError::io(format!("inspect {}", path.display()), e)),
+    }
 }
 
 fn finish_tmp<T>(res: Result<T>, tmp: &Path, dest: &Path) -> Result<()> {
@@ -276,6 +289,42 @@ pub async fn probe_accel(kernel: Option<&Path>, scratch: &Path) -> Accel {
     let accel = if ok { Accel::Kvm } else { Accel::Qemu };
     tracing::info!(?accel, kernel = ?kernel, "accelerator probe finished");
     accel
+}
+
+/// [`probe_accel`], remembered in `cache_dir` per kernel (path, size, mtime) and `/dev/kvm`
+/// presence, so a host pays for the probe once rather than once per process.
+pub async fn probe_accel_cached(kernel: Option<&Path>, cache_dir: &Path) -> Accel {
+    let stamp = |p: &Path| {
+        std::fs::metadata(p)
+            .ok()
+            .map(|m| format!("{}:{}:{:?}", p.display(), m.len(), m.modified().ok()))
+            .unwrap_or_else(|| "none".into())
+    };
+    let key = format!(
+        "kvm={} kernel={}",
+        stamp(Path::new("/dev/kvm")),
+        kernel.map(stamp).unwrap_or_default()
+    );
+    let file = cache_dir.join("accel-probe.json");
+    let mut cache: std::collections::BTreeMap<String, Accel> = std::fs::read(&file)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    if let Some(a) = cache.get(&key) {
+        return *a;
+    }
+    let a = probe_accel(kernel, cache_dir).await;
+    cache.insert(key, a);
+    if let Ok(bytes) = serde_json::to_vec_pretty(&cache) {
+        let tmp = tmp_sibling(&file);
+        if std::fs::write(&tmp, bytes)
+            .and_then(|()| std::fs::rename(&tmp, &file))
+            .is_err()
+        {
+            let _ = std::fs::remove_file(&tmp);
+        }
+    }
+    a
 }
 
 /// Boots `kernel` with `accel` and reports whether it reached the init lookup within the deadline.

@@ -92,10 +92,16 @@ impl Engine {
         &self.journal
     }
 
-    /// Stops the actors.
+    /// Stops the actors and waits until they are gone, so the journal and the actors' registered
+    /// names are released when this returns (another engine may then open the same state).
     pub async fn shutdown(self) {
-        self.cluster.stop(None);
-        self.hostnet.stop(None);
+        let budget = Some(Duration::from_secs(10));
+        let nodes = self.cluster.get_children();
+        let _ = self.cluster.stop_and_wait(None, budget).await;
+        for n in nodes {
+            let _ = n.wait(budget).await;
+        }
+        let _ = self.hostnet.stop_and_wait(None, budget).await;
     }
 
     async fn reply<T: Send + 'static>(

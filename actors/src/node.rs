@@ -155,9 +155,8 @@ pub async fn spawn(
         host_key: None,
         generation: 0,
     });
-    let name = format!("node:{}", args.domain);
     let (actor, _join) =
-        Actor::spawn_linked(Some(name), NodeActor, (args, tx, ready_timeout), supervisor)
+        Actor::spawn_linked(None, NodeActor, (args, tx, ready_timeout), supervisor)
             .await
             .map_err(|e| EngineError::Internal(format!("spawn node actor: {e}")))?;
     Ok((actor, rx))

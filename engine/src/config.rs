@@ -59,6 +59,7 @@ struct ConfigFile {
     log_level: Option<String>,
     domain_type: Option<DomainType>,
     ready_timeout_s: Option<u64>,
+    cache_dir: Option<PathBuf>,
 }
 
 /// The effective configuration of one server or CLI process.
@@ -88,15 +89,18 @@ pub struct Config {
     pub domain_type: DomainType,
     /// Default readiness budget per node when a tool does not give one.
     pub ready_timeout_s: u64,
+    /// Host-wide cache (the accelerator probe's verdict), shared by every state dir.
+    pub cache_dir: PathBuf,
 }
 
 impl Config {
     /// The built-in defaults for a user (`is_root` picks system paths).
     pub fn defaults(is_root: bool, home: Option<&Path>) -> Config {
-        let (etc, var, uri) = if is_root || home.is_none() {
+        let (etc, var, cache, uri) = if is_root || home.is_none() {
             (
                 PathBuf::from("/etc/vmcluster"),
                 PathBuf::from("/var/lib/vmcluster"),
+                PathBuf::from("/var/cache/vmcluster"),
                 "qemu:///system",
             )
         } else {
@@ -104,6 +108,7 @@ impl Config {
             (
                 home.join(".config/vmcluster"),
                 home.join(".local/share/vmcluster"),
+                home.join(".cache/vmcluster"),
                 "qemu:///session",
             )
         };
@@ -120,6 +125,7 @@ impl Config {
             log_level: "INFO".to_owned(),
             domain_type: DomainType::Auto,
             ready_timeout_s: 120,
+            cache_dir: cache,
         }
     }
 
@@ -183,7 +189,8 @@ impl Config {
             libvirt_uri,
             log_level,
             domain_type,
-            ready_timeout_s
+            ready_timeout_s,
+            cache_dir
         );
     }
 
@@ -199,7 +206,8 @@ impl Config {
             artifact_registry => "VMCLUSTER_ARTIFACT_REGISTRY",
             artifact_store_dir => "VMCLUSTER_ARTIFACT_STORE_DIR",
             fault_registry => "VMCLUSTER_FAULT_REGISTRY",
-            ssh_key_path => "VMCLUSTER_SSH_KEY_PATH"
+            ssh_key_path => "VMCLUSTER_SSH_KEY_PATH",
+            cache_dir => "VMCLUSTER_CACHE_DIR"
         );
         if let Some(v) = env("VMCLUSTER_SSH_USER").filter(|v| !v.is_empty()) {
             self.ssh_user = v;

@@ -676,14 +676,16 @@ impl Topology {
                         format!("{} is outside 1..=16384", d.size_gb),
                     );
                 }
+                // Saturating, and capped past `z`: such disks are refused just below, and a
+                // topology with hundreds of disks must not overflow the counters.
                 let target = match d.bus {
                     DiskBus::Virtio => {
-                        vd += 1;
-                        format!("vd{}", (b'a' + vd - 1) as char)
+                        vd = vd.saturating_add(1);
+                        format!("vd{}", (b'a' + vd.min(27) - 1) as char)
                     }
                     DiskBus::Scsi | DiskBus::Sata => {
-                        sd += 1;
-                        format!("sd{}", (b'a' + sd - 1) as char)
+                        sd = sd.saturating_add(1);
+                        format!("sd{}", (b'a' + sd.min(27) - 1) as char)
                     }
                 };
                 if vd > 26 || sd > 26 {

@@ -207,9 +207,11 @@ pub async fn run(engine: &Engine, command: Command, json: bool) -> i32 {
             print_status,
         ),
         Command::Status { cluster } => {
+            settle(engine, &cluster).await;
             emit(plain(engine.status(&cluster).await), json, print_status)
         }
         Command::Handle { cluster } => {
+            settle(engine, &cluster).await;
             emit(plain(engine.handle(&cluster).await), json, print_handle)
         }
         Command::List => emit(plain(engine.list().await), json, print_list),
@@ -274,6 +276,24 @@ pub async fn run(engine: &Engine, command: Command, json: bool) -> i32 {
             };
             emit(engine.node(&cluster, &node, op).await, json, print_node)
         }
+    }
+}
+
+/// A fresh CLI process learns each running node's readiness by probing it again; wait (briefly)
+/// until every probe has an answer, so a one-shot `status` reports what a long-running server
+/// would. The server itself never waits: its probes run continuously.
+async fn settle(engine: &Engine, cluster: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while let Ok(s) = engine.status(cluster).await {
+        let pending = s.nodes.iter().any(|n| {
+            n.domain_state == vmcluster_engine::state::DomainState::Running
+                && n.phase != vmcluster_engine::state::Readiness::Ready
+                && n.last_error.is_none()
+        });
+        if !pending || std::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -1,1 +1,285 @@
-//! Test support.
+//! The test harness shared by the fast tests (`it`: libvirt's `test:///default` driver, real
+//! sled, the real binary behind a real MCP client) and the real-guest tests (`e2e`: real
+//! libvirtd and QEMU inside the isolated test host that `scripts/testhost` creates).
+//!
+//! It provides scratch directories that QEMU can read, topology writers, the built binary, an
+//! MCP client over its stdio, and checks of results against the tools' advertised schemas.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rmcp::model::{CallToolRequestParams, CallToolResult, Tool};
+use rmcp::service::RunningService;
+use rmcp::transport::{ConfigureCommandExt, TokioChildProcess};
+use rmcp::{RoleClient, ServiceExt};
+use serde_json::{Value, json};
+
+/// The `vmcluster` binary built by cargo (`VMCLUSTER_BIN` overrides).
+pub fn vmcluster_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("VMCLUSTER_BIN") {
+        return PathBuf::from(p);
+    }
+    // target/<profile>/deps/<test-binary> -> target/<profile>/vmcluster
+    let exe = std::env::current_exe().expect("current exe");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("vmcluster");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --bins` first (scripts/test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A scratch root for one test: world-traversable (QEMU runs as another user), removed on drop.
+#[derive(Debug)]
+pub struct Scratch {
+    dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    /// A new scratch root under `/var/tmp`.
+    pub fn new(tag: &str) -> Scratch {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir_all("/var/tmp/vmcluster-tests").expect("scratch parent");
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{tag}-"))
+            .tempdir_in("/var/tmp/vmcluster-tests")
+            .expect("scratch dir");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod scratch");
+        for sub in ["topologies", "overlays", "state", "ssh"] {
+            std::fs::create_dir_all(dir.path().join(sub)).expect("scratch subdir");
+        }
+        Scratch { dir }
+    }
+
+    /// Its root.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The environment that points a `vmcluster` process at this scratch root.
+    pub fn env(&self, libvirt_uri: &str) -> Vec<(String, String)> {
+        let p = |s: &str| self.path().join(s).to_string_lossy().into_owned();
+        vec![
+            ("VMCLUSTER_CONFIG".into(), p("config.yaml")),
+            ("VMCLUSTER_TOPOLOGY_DIR".into(), p("topologies")),
+            ("VMCLUSTER_OVERLAY_DIR".into(), p("overlays")),
+            ("VMCLUSTER_STATE_DIR".into(), p("state")),
+            ("VMCLUSTER_SSH_KEY_PATH".into(), p("ssh/id_ed25519")),
+            ("VMCLUSTER_LIBVIRT_URI".into(), libvirt_uri.into()),
+        ]
+    }
+
+    /// An engine configuration pointing at this scratch root.
+    pub fn config(&self, libvirt_uri: &str) -> vmcluster_engine::config::Config {
+        let mut c = vmcluster_engine::config::Config::defaults(true, None);
+        c.topology_dir = self.path().join("topologies");
+        c.overlay_dir = self.path().join("overlays");
+        c.state_dir = self.path().join("state");
+        c.ssh_key_path = self.path().join("ssh/id_ed25519");
+        c.libvirt_uri = libvirt_uri.into();
+        c
+    }
+
+    /// Writes `topologies/<name>.yaml`.
+    pub fn write_topology(&self, name: &str, yaml: &str) {
+        std::fs::write(
+            self.path().join("topologies").join(format!("{name}.yaml")),
+            yaml,
+        )
+        .expect("write topology");
+        std::fs::write(self.path().join("config.yaml"), "").expect("write config");
+    }
+
+    /// A small qcow2 image usable as a base image where nothing boots.
+    pub fn fake_base_image(&self) -> PathBuf {
+        let p = self.path().join("base.qcow2");
+        let st = std::process::Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&p)
+            .arg("64M")
+            .status()
+            .expect("qemu-img");
+        assert!(st.success());
+        p
+    }
+}
+
+/// Parameters of a generated topology.
+#[derive(Debug, Clone)]
+pub struct TopologySpec<'a> {
+    /// Cluster name.
+    pub cluster: &'a str,
+    /// Third octet of `192.168.X.0/24`.
+    pub octet: u8,
+    /// Node names.
+    pub nodes: &'a [&'a str],
+    /// Base image.
+    pub base_image: &'a Path,
+    /// Direct kernel boot: kernel and initrd.
+    pub kernel: Option<(&'a Path, &'a Path)>,
+    /// Memory per node.
+    pub memory_mb: u64,
+}
+
+/// Renders a topology in seed 000's format (nodes at `.11`, `.12`, ...).
+pub fn topology_yaml(t: &TopologySpec<'_>) -> String {
+    let mut y = format!(
+        "cluster_name: {c}\nbase_image: {b}\ndomain_type: auto\nnetwork:\n  name: {c}-net\n  bridge: vt{c:.8}{o}\n  subnet: 192.168.{o}.0/24\nnodes:\n",
+        c = t.cluster,
+        b = t.base_image.display(),
+        o = t.octet
+    );
+    for (i, n) in t.nodes.iter().enumerate() {
+        y.push_str(&format!(
+            "  - name: {n}\n    role: {}\n    vcpus: 1\n    memory_mb: {}\n    ip: 192.168.{}.{}\n",
+            if i == 0 { "control" } else { "worker" },
+            t.memory_mb,
+            t.octet,
+            11 + i
+        ));
+    }
+    if let Some((k, i)) = t.kernel {
+        y.push_str(&format!(
+            "kernel: {}\ninitrd: {}\ncmdline: console=ttyS0 root=/dev/vda rw quiet printk.devkmsg=on\n",
+            k.display(),
+            i.display()
+        ));
+    }
+    y.push_str("ssh:\n  user: root\n  connect_timeout_s: 5\nsnapshots:\n  baseline: clean-boot\n");
+    y
+}
+
+/// An MCP client connected to a `vmcluster serve` child process.
+pub struct McpClient {
+    /// The running client service.
+    pub service: RunningService<RoleClient, ()>,
+    tools: Vec<Tool>,
+}
+
+impl std::fmt::Debug for McpClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("McpClient")
+            .field("tools", &self.tools.len())
+            .finish()
+    }
+}
+
+/// What a tool call returned, already checked against the tool's output schema.
+#[derive(Debug, Clone)]
+pub struct Called {
+    /// `isError`.
+    pub is_error: bool,
+    /// The structured envelope.
+    pub envelope: Value,
+}
+
+impl Called {
+    /// The `result` of a successful call (panics with the error otherwise).
+    #[track_caller]
+    pub fn ok(&self) -> &Value {
+        assert!(!self.is_error, "tool failed: {}", self.envelope);
+        assert_eq!(self.envelope["success"], json!(true), "{}", self.envelope);
+        &self.envelope["result"]
+    }
+
+    /// The `error` of a failed call (panics if it succeeded).
+    #[track_caller]
+    pub fn err(&self) -> &Value {
+        assert!(
+            self.is_error,
+            "tool unexpectedly succeeded: {}",
+            self.envelope
+        );
+        assert_eq!(self.envelope["success"], json!(false));
+        &self.envelope["error"]
+    }
+
+    /// The error code of a failed call.
+    #[track_caller]
+    pub fn code(&self) -> String {
+        self.err()["code"].as_str().expect("error code").to_owned()
+    }
+}
+
+impl McpClient {
+    /// Spawns `vmcluster serve` with `env` and initialises an MCP session.
+    pub async fn spawn(env: &[(String, String)]) -> McpClient {
+        let env = env.to_vec();
+        let cmd = tokio::process::Command::new(vmcluster_bin()).configure(move |c| {
+            c.arg("serve").env("VMCLUSTER_LOG_LEVEL", "warn");
+            for (k, v) in &env {
+                c.env(k, v);
+            }
+        });
+        let service =
+            ().serve(TokioChildProcess::new(cmd).expect("spawn server"))
+                .await
+                .expect("initialize");
+        let tools = service.list_all_tools().await.expect("tools/list");
+        McpClient { service, tools }
+    }
+
+    /// The advertised tools.
+    pub fn tools(&self) -> &[Tool] {
+        &self.tools
+    }
+
+    /// Calls `name` with `args` and checks the result against the tool's output schema.
+    pub async fn call(&self, name: &str, args: Value) -> Called {
+        let mut params = CallToolRequestParams::new(name.to_owned());
+        if let Value::Object(m) = args {
+            params = params.with_arguments(m);
+        }
+        let res: CallToolResult = self
+            .service
+            .call_tool(params)
+            .await
+            .expect("tools/call transport");
+        let envelope = res
+            .structured_content
+            .clone()
+            .unwrap_or_else(|| panic!("{name}: no structured content: {res:?}"));
+        let tool = self
+            .tools
+            .iter()
+            .find(|t| t.name == name)
+            .unwrap_or_else(|| panic!("unknown tool {name}"));
+        check_schema(tool, &envelope);
+        Called {
+            is_error: res.is_error.unwrap_or(false),
+            envelope,
+        }
+    }
+
+    /// Closes the session (the server exits).
+    pub async fn close(self) {
+        let _ = self.service.cancel().await;
+    }
+}
+
+/// Asserts that `value` conforms to `tool`'s advertised output schema.
+#[track_caller]
+pub fn check_schema(tool: &Tool, value: &Value) {
+    let schema = tool
+        .output_schema
+        .as_ref()
+        .unwrap_or_else(|| panic!("{} advertises no output schema", tool.name));
+    let schema = Value::Object(Arc::unwrap_or_clone(schema.clone()));
+    let validator = jsonschema::validator_for(&schema)
+        .unwrap_or_else(|e| panic!("{}: bad schema: {e}", tool.name));
+    let errors: Vec<String> = validator
+        .iter_errors(value)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{}: result does not match its output schema: {errors:?}\n{value}",
+        tool.name
+    );
+}

@@ -2,13 +2,11 @@
 
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::JsonObject;
-use rmcp::{tool, tool_router};
+use rmcp::{Json, tool, tool_router};
 use vmcluster_actors::StopMode;
 use vmcluster_engine::view::{ClusterHandle, ClusterList, ClusterStatus};
 
-use crate::envelope::{
-    Failure, ToolError, ToolResult, from_reply, from_result, input_schema, parse,
-};
+use crate::envelope::{Envelope, Failure, ToolError, from_reply, from_result, input_schema, parse};
 use crate::params::{
     ClusterParams, DefineParams, DestroyParams, NoParams, StartParams, StopModeParam, StopParams,
     seconds,
@@ -38,7 +36,7 @@ impl VmclusterServer {
     pub async fn cluster_define(
         &self,
         Parameters(args): Parameters<JsonObject>,
-    ) -> ToolResult<ClusterStatus> {
+    ) -> Result<Json<Envelope<ClusterStatus>>, Failure> {
         let p: DefineParams = parse(args)?;
         from_reply(self.engine.define(&p.topology_name).await)
     }
@@ -52,7 +50,7 @@ impl VmclusterServer {
     pub async fn cluster_start(
         &self,
         Parameters(args): Parameters<JsonObject>,
-    ) -> ToolResult<ClusterStatus> {
+    ) -> Result<Json<Envelope<ClusterStatus>>, Failure> {
         let p: StartParams = parse(args)?;
         let t = checked("ssh_timeout_s", p.ssh_timeout_s)?;
         from_reply(
@@ -71,7 +69,7 @@ impl VmclusterServer {
     pub async fn cluster_stop(
         &self,
         Parameters(args): Parameters<JsonObject>,
-    ) -> ToolResult<ClusterStatus> {
+    ) -> Result<Json<Envelope<ClusterStatus>>, Failure> {
         let p: StopParams = parse(args)?;
         let t = checked("timeout_s", p.timeout_s)?;
         from_reply(
@@ -90,7 +88,7 @@ impl VmclusterServer {
     pub async fn cluster_destroy(
         &self,
         Parameters(args): Parameters<JsonObject>,
-    ) -> ToolResult<ClusterStatus> {
+    ) -> Result<Json<Envelope<ClusterStatus>>, Failure> {
         let p: DestroyParams = parse(args)?;
         from_reply(
             self.engine
@@ -108,7 +106,7 @@ impl VmclusterServer {
     pub async fn cluster_status(
         &self,
         Parameters(args): Parameters<JsonObject>,
-    ) -> ToolResult<ClusterStatus> {
+    ) -> Result<Json<Envelope<ClusterStatus>>, Failure> {
         let p: ClusterParams = parse(args)?;
         from_result(self.engine.status(&p.cluster_name).await)
     }
@@ -122,7 +120,7 @@ impl VmclusterServer {
     pub async fn cluster_handle(
         &self,
         Parameters(args): Parameters<JsonObject>,
-    ) -> ToolResult<ClusterHandle> {
+    ) -> Result<Json<Envelope<ClusterHandle>>, Failure> {
         let p: ClusterParams = parse(args)?;
         from_result(self.engine.handle(&p.cluster_name).await)
     }
@@ -136,7 +134,7 @@ impl VmclusterServer {
     pub async fn cluster_list(
         &self,
         Parameters(args): Parameters<JsonObject>,
-    ) -> ToolResult<ClusterList> {
+    ) -> Result<Json<Envelope<ClusterList>>, Failure> {
         let _: NoParams = parse(args)?;
         from_result(self.engine.list().await)
     }

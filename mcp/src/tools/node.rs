@@ -2,11 +2,11 @@
 
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::JsonObject;
-use rmcp::{tool, tool_router};
+use rmcp::{Json, tool, tool_router};
 use vmcluster_actors::NodeOp;
 use vmcluster_engine::view::NodeResult;
 
-use crate::envelope::{Failure, ToolError, ToolResult, from_reply, input_schema, parse};
+use crate::envelope::{Envelope, Failure, ToolError, from_reply, input_schema, parse};
 use crate::params::{CrashParams, NodeRebootParams, NodeStartParams, NodeStopParams, seconds};
 use crate::server::VmclusterServer;
 use crate::tools::cluster::stop_mode;
@@ -26,7 +26,7 @@ impl VmclusterServer {
     pub async fn node_crash(
         &self,
         Parameters(args): Parameters<JsonObject>,
-    ) -> ToolResult<NodeResult> {
+    ) -> Result<Json<Envelope<NodeResult>>, Failure> {
         let p: CrashParams = parse(args)?;
         let ssh_timeout = checked("ssh_timeout_s", p.ssh_timeout_s)?;
         let op = NodeOp::Crash {
@@ -46,7 +46,7 @@ impl VmclusterServer {
     pub async fn node_start(
         &self,
         Parameters(args): Parameters<JsonObject>,
-    ) -> ToolResult<NodeResult> {
+    ) -> Result<Json<Envelope<NodeResult>>, Failure> {
         let p: NodeStartParams = parse(args)?;
         let ssh_timeout = checked("ssh_timeout_s", p.ssh_timeout_s)?;
         let op = NodeOp::Start {
@@ -65,7 +65,7 @@ impl VmclusterServer {
     pub async fn node_stop(
         &self,
         Parameters(args): Parameters<JsonObject>,
-    ) -> ToolResult<NodeResult> {
+    ) -> Result<Json<Envelope<NodeResult>>, Failure> {
         let p: NodeStopParams = parse(args)?;
         let timeout = checked("timeout_s", p.timeout_s)?;
         let op = NodeOp::Stop {
@@ -84,7 +84,7 @@ impl VmclusterServer {
     pub async fn node_reboot(
         &self,
         Parameters(args): Parameters<JsonObject>,
-    ) -> ToolResult<NodeResult> {
+    ) -> Result<Json<Envelope<NodeResult>>, Failure> {
         let p: NodeRebootParams = parse(args)?;
         let ssh_timeout = checked("ssh_timeout_s", p.ssh_timeout_s)?;
         let op = NodeOp::Reboot {

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The demo's flow, run inside the test host by scripts/demo: seed 000's smoke flow on the
+# built-in defaults (define, start and wait for SSH, status, handle, stop, destroy).
+set -euo pipefail
+vmc=${VMCLUSTER_BIN:?}
+guest=${VMCLUSTER_GUEST_DIR:?}
+topology_dir=/etc/vmcluster/topologies
+name=demo-3node
+
+step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+timed() { local t0 t1; t0=$(date +%s.%N); "$@"; t1=$(date +%s.%N); printf '    (%.1f s)\n' "$(echo "$t1 - $t0" | bc)"; }
+
+mkdir -p "$topology_dir"
+cat > "$topology_dir/$name.yaml" <<YAML
+# A 3-node demo cluster of the project's tiny test guest (Debian kernel + busybox + dropbear).
+cluster_name: $name
+base_image: $guest/base.qcow2
+kernel: $guest/vmlinuz
+initrd: $guest/initrd.img
+cmdline: console=ttyS0 root=/dev/vda rw quiet printk.devkmsg=on
+network:
+  name: $name-net
+  bridge: virbr-demo3
+  subnet: 192.168.120.0/24
+nodes:
+  - {name: controller, role: control, vcpus: 1, memory_mb: 192, ip: 192.168.120.10}
+  - {name: worker-0, role: worker, vcpus: 1, memory_mb: 192, ip: 192.168.120.11}
+  - {name: client-0, role: client, vcpus: 1, memory_mb: 192, ip: 192.168.120.20}
+ssh:
+  user: root
+  connect_timeout_s: 5
+snapshots:
+  baseline: clean-boot
+YAML
+cleanup() { "$vmc" destroy "$name" --remove-overlays >/dev/null 2>&1 || true; }
+trap cleanup EXIT
+
+step "Topology $topology_dir/$name.yaml"
+sed -n '/^nodes:/,/^ssh:/p' "$topology_dir/$name.yaml" | sed '$d'
+step "cluster_define $name   (network, overlays, NoCloud seeds, domains)"
+timed "$vmc" define "$name"
+step "cluster_start $name --wait-for-ssh   (3 nodes boot in parallel under $(grep -q kvm /proc/cpuinfo 2>/dev/null && echo KVM-or-TCG || echo TCG))"
+timed "$vmc" start "$name" --ssh-timeout 180
+step "cluster_status $name"
+"$vmc" status "$name"
+step "cluster_handle $name   (how a downstream tool reaches the nodes)"
+"$vmc" handle "$name"
+step "Running 'uname -r; uptime' on every node with the handle's SSH descriptors"
+key=/etc/vmcluster/ssh/vmcluster_id_ed25519
+for ip in 192.168.120.10 192.168.120.11 192.168.120.20; do
+  printf '    %s: ' "$ip"
+  ssh -i "$key" -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR \
+      "root@$ip" 'echo "$(hostname) $(uname -r) up $(cut -d" " -f1 /proc/uptime)s"'
+done
+step "node_crash $name worker-0   (pull the plug, power on, wait until ready)"
+timed "$vmc" node crash "$name" worker-0
+step "cluster_stop $name   (ACPI shutdown, forced after the timeout)"
+timed "$vmc" stop "$name"
+step "cluster_destroy $name --remove-overlays"
+timed "$vmc" destroy "$name" --remove-overlays
+trap - EXIT
+step "Left behind: $(virsh -c qemu:///system list --all --name | grep -c "^${name}_" || true) domain(s), $(virsh -c qemu:///system net-list --all --name | grep -c "^$name-net$" || true) network(s)"

@@ -1,0 +1,1 @@
+//! Fast integration tests (libvirt test driver, real sled, MCP client).

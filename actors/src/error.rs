@@ -48,7 +48,7 @@ pub enum EngineError {
         message: String,
     },
     /// A node did not become ready in time.
-    #[error("Node {node:?} not ready after {waited_s} s (last phase reached: {phase:?}){}{}", detail.as_deref().map(|d| format!("; last error: {d}")).unwrap_or_default(), console_tail.as_deref().map(|t| format!("\n--- console tail ---\n{t}")).unwrap_or_default())]
+    #[error("Node {node:?} not ready after {waited_s} s (last phase reached: {}){}{}", phase.as_str(), detail.as_deref().map(|d| format!("; last error: {d}")).unwrap_or_default(), console_tail.as_deref().map(|t| format!("\n--- console tail ---\n{t}")).unwrap_or_default())]
     NotReady {
         /// The node.
         node: String,

@@ -334,7 +334,9 @@ impl NodeActor {
         tokio::spawn(async move {
             let started = Instant::now();
             let generation = rx.borrow().generation;
-            let outcome = tokio::time::timeout(timeout, async {
+            // The probe gives up at the same deadline; a little grace lets its verdict (with
+            // the reason) arrive before ours.
+            let outcome = tokio::time::timeout(timeout + Duration::from_secs(1), async {
                 loop {
                     {
                         let s = rx.borrow_and_update();
@@ -532,11 +534,15 @@ async fn readiness_probe(
     };
     let mut last_err: String;
     // Port.
+    let left = || deadline.saturating_duration_since(Instant::now());
     loop {
-        match tcp_probe(&target).await {
-            Ok(()) => break,
-            Err(e @ SshError::NoBridge(_)) => return report(ProbeReport::Failed(e.to_string())),
-            Err(e) => last_err = e.to_string(),
+        match tokio::time::timeout(left(), tcp_probe(&target)).await {
+            Ok(Ok(())) => break,
+            Ok(Err(e @ SshError::NoBridge(_))) => {
+                return report(ProbeReport::Failed(e.to_string()));
+            }
+            Ok(Err(e)) => last_err = e.to_string(),
+            Err(_) => last_err = "connect timed out".into(),
         }
         if Instant::now() >= deadline {
             return report(ProbeReport::Failed(format!(
@@ -548,13 +554,14 @@ async fn readiness_probe(
     report(ProbeReport::Phase(Readiness::PortOpen));
     // Authenticate and run a command.
     let session = loop {
-        match SshSession::connect(&target).await {
-            Ok(s) => match s.exec("true", Duration::from_secs(15)).await {
+        match tokio::time::timeout(left(), SshSession::connect(&target)).await {
+            Ok(Ok(s)) => match s.exec("true", left().min(Duration::from_secs(15))).await {
                 Ok(o) if o.exit_code == Some(0) => break Arc::new(s),
                 Ok(o) => last_err = format!("`true` exited with {:?}", o.exit_code),
                 Err(e) => last_err = e.to_string(),
             },
-            Err(e) => last_err = e.to_string(),
+            Ok(Err(e)) => last_err = e.to_string(),
+            Err(_) => last_err = "SSH handshake timed out".into(),
         }
         if Instant::now() >= deadline {
             return report(ProbeReport::Failed(format!(
@@ -568,7 +575,7 @@ async fn readiness_probe(
     // cloud-init.
     loop {
         match session
-            .exec(CLOUD_INIT_CHECK, Duration::from_secs(15))
+            .exec(CLOUD_INIT_CHECK, left().min(Duration::from_secs(15)))
             .await
         {
             Ok(o) if String::from_utf8_lossy(&o.stdout).trim() == "done" => break,

@@ -99,6 +99,17 @@ impl Readiness {
         }
     }
 
+    /// The wire name of the phase (`domain_running`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Readiness::Down => "down",
+            Readiness::DomainRunning => "domain_running",
+            Readiness::PortOpen => "port_open",
+            Readiness::SshAuthenticated => "ssh_authenticated",
+            Readiness::Ready => "ready",
+        }
+    }
+
     /// The phases in climbing order.
     pub const ALL: [Readiness; 5] = [
         Readiness::Down,

@@ -8,7 +8,9 @@
 
 mod inputs;
 mod lifecycle;
+mod notready;
 mod partial;
+mod restart;
 
 use std::path::PathBuf;
 use std::process::Command;

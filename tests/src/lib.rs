@@ -54,6 +54,8 @@ impl Scratch {
         for sub in ["topologies", "overlays", "state", "ssh"] {
             std::fs::create_dir_all(dir.path().join(sub)).expect("scratch subdir");
         }
+        // `env()` names this file explicitly, and a named config file must exist.
+        std::fs::write(dir.path().join("config.yaml"), "").expect("write config");
         Scratch { dir }
     }
 

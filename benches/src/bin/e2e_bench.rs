@@ -1,0 +1,249 @@
+//! The end-to-end bench on real guests. Writes a JSON report (path: first argument, default
+//! `target/bench/e2e.json`) and prints it.
+//!
+//! Measured in one run, on fresh clusters of the project's test guest:
+//! - `cluster_define` of 3 nodes (and of 1);
+//! - `cluster_start` → every node ready, for 1 node and for 3 nodes;
+//! - the by-hand floor for the same boots: `virsh start` of domains defined beforehand plus a
+//!   `ssh true` poll loop every 200 ms, so each vmcluster figure is reported as a ratio;
+//! - `cluster_status` latency (p50/p99) on 3 running nodes, and again after one node was
+//!   destroyed behind the server's back.
+//!
+//! Runs only inside the isolated test host (`scripts/bench` takes care of it).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use vmcluster_actors::{Engine, StopMode};
+use vmcluster_benches::percentiles_us;
+use vmcluster_tests::{Scratch, TopologySpec, topology_yaml};
+
+fn secs(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1000.0).round() / 1000.0
+}
+
+fn virsh(args: &[&str]) -> bool {
+    Command::new("virsh")
+        .args(["-q", "-c", "qemu:///system"])
+        .args(args)
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn ssh_true(key: &Path, ip: &str) -> bool {
+    Command::new("ssh")
+        .args([
+            "-i",
+            &key.display().to_string(),
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+        ])
+        .args([
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "LogLevel=ERROR",
+            "-o",
+            "ConnectTimeout=2",
+        ])
+        .arg(format!("root@{ip}"))
+        .arg("true")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// The by-hand floor: `virsh start` every domain at once, then poll `ssh true` until all answer.
+fn floor(domains: &[String], ips: &[String], key: &Path) -> Duration {
+    let t0 = Instant::now();
+    let starts: Vec<_> = domains
+        .iter()
+        .map(|d| {
+            Command::new("virsh")
+                .args(["-q", "-c", "qemu:///system", "start", d])
+                .spawn()
+                .expect("virsh")
+        })
+        .collect();
+    for mut s in starts {
+        assert!(s.wait().unwrap().success(), "virsh start failed");
+    }
+    let handles: Vec<_> = ips
+        .iter()
+        .map(|ip| {
+            let (ip, key) = (ip.clone(), key.to_owned());
+            std::thread::spawn(move || {
+                while !ssh_true(&key, &ip) {
+                    assert!(
+                        t0.elapsed() < Duration::from_secs(300),
+                        "floor: {ip} never answered"
+                    );
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    t0.elapsed()
+}
+
+async fn status_latency(engine: &Engine, cluster: &str, n: usize) -> (f64, f64, f64) {
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        engine.status(cluster).await.expect("status");
+        samples.push(t.elapsed());
+    }
+    percentiles_us(&mut samples)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    assert_eq!(
+        std::env::var("VMCLUSTER_TESTHOST").as_deref(),
+        Ok("1"),
+        "run inside scripts/testhost (scripts/bench)"
+    );
+    let out = std::env::args()
+        .nth(1)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("target/bench/e2e.json"));
+    let guest = PathBuf::from(std::env::var("VMCLUSTER_GUEST_DIR").expect("VMCLUSTER_GUEST_DIR"));
+    let (kernel, initrd, base) = (
+        guest.join("vmlinuz"),
+        guest.join("initrd.img"),
+        guest.join("base.qcow2"),
+    );
+    let scratch = Scratch::new("e2e-bench");
+    let names: [(&str, u8, &[&str]); 4] = [
+        ("b1", 131, &["n1"]),
+        ("f1", 132, &["n1"]),
+        ("b3", 133, &["n1", "n2", "n3"]),
+        ("f3", 134, &["n1", "n2", "n3"]),
+    ];
+    for (name, octet, nodes) in names {
+        scratch.write_topology(
+            name,
+            &topology_yaml(&TopologySpec {
+                cluster: name,
+                octet,
+                nodes,
+                base_image: &base,
+                kernel: Some((&kernel, &initrd)),
+                memory_mb: 192,
+            }),
+        );
+    }
+    let config = scratch.config("qemu:///system");
+    let key = config.ssh_key_path.clone();
+    let engine = Engine::start(config).await.expect("engine");
+
+    // Floors' clusters are defined first (untimed); this also warms the accelerator probe.
+    for f in ["f1", "f3"] {
+        engine.define(f).await.result.expect("define floor cluster");
+    }
+    let t = Instant::now();
+    engine.define("b3").await.result.expect("define b3");
+    let define_3 = t.elapsed();
+    let t = Instant::now();
+    engine.define("b1").await.result.expect("define b1");
+    let define_1 = t.elapsed();
+
+    let budget = Duration::from_secs(300);
+    let t = Instant::now();
+    engine
+        .start_cluster("b1", true, budget)
+        .await
+        .result
+        .expect("start b1");
+    let start_1 = t.elapsed();
+    engine
+        .stop_cluster("b1", StopMode::Destroy, budget)
+        .await
+        .result
+        .expect("stop b1");
+    let floor_1 = floor(&["f1_n1".into()], &["192.168.132.11".into()], &key);
+    virsh(&["destroy", "f1_n1"]);
+
+    let t = Instant::now();
+    engine
+        .start_cluster("b3", true, budget)
+        .await
+        .result
+        .expect("start b3");
+    let start_3 = t.elapsed();
+    let (up_p50, up_p99, up_max) = status_latency(&engine, "b3", 2000).await;
+    // One node destroyed behind the server's back.
+    virsh(&["destroy", "b3_n3"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while engine.status("b3").await.unwrap().nodes[2].domain_state
+        != vmcluster_engine::state::DomainState::ShutOff
+    {
+        assert!(Instant::now() < deadline, "status never saw b3_n3 stop");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (dead_p50, dead_p99, dead_max) = status_latency(&engine, "b3", 2000).await;
+    engine
+        .stop_cluster("b3", StopMode::Destroy, budget)
+        .await
+        .result
+        .expect("stop b3");
+    let floor_3 = floor(
+        &["f3_n1".into(), "f3_n2".into(), "f3_n3".into()],
+        &[
+            "192.168.134.11".into(),
+            "192.168.134.12".into(),
+            "192.168.134.13".into(),
+        ],
+        &key,
+    );
+
+    for (name, _, _) in names {
+        engine.destroy(name, true).await.result.expect("destroy");
+    }
+    engine.shutdown().await;
+
+    let report = json!({
+        "bench": "vmcluster e2e",
+        "when": chrono::Utc::now().to_rfc3339(),
+        "machine": { "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), "accelerator": "probed (TCG on these machines)" },
+        "guest": guest.display().to_string(),
+        "define_s": { "nodes_3": secs(define_3), "nodes_1": secs(define_1) },
+        "start_to_all_ready_s": {
+            "nodes_1": secs(start_1),
+            "nodes_3": secs(start_3),
+            "ratio_3_over_1": (start_3.as_secs_f64() / start_1.as_secs_f64() * 100.0).round() / 100.0,
+        },
+        "by_hand_floor_s": {
+            "what": "virsh start (domains defined beforehand) + `ssh true` polled every 200 ms",
+            "nodes_1": secs(floor_1),
+            "nodes_3": secs(floor_3),
+            "ratio_3_over_1": (floor_3.as_secs_f64() / floor_1.as_secs_f64() * 100.0).round() / 100.0,
+        },
+        "vmcluster_over_floor": {
+            "nodes_1": (start_1.as_secs_f64() / floor_1.as_secs_f64() * 100.0).round() / 100.0,
+            "nodes_3": (start_3.as_secs_f64() / floor_3.as_secs_f64() * 100.0).round() / 100.0,
+        },
+        "cluster_status_us": {
+            "samples": 2000,
+            "three_nodes_up": { "p50": up_p50, "p99": up_p99, "max": up_max },
+            "one_node_destroyed": { "p50": dead_p50, "p99": dead_p99, "max": dead_max },
+        },
+        "targets": {
+            "cluster_status_p50_le_2ms": up_p50 <= 2000.0 && dead_p50 <= 2000.0,
+            "start_3_le_1.25x_start_1": start_3.as_secs_f64() <= 1.25 * start_1.as_secs_f64(),
+            "define_3_le_1s": define_3.as_secs_f64() <= 1.0,
+        },
+    });
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir).expect("report dir");
+    }
+    let text = serde_json::to_string_pretty(&report).unwrap();
+    std::fs::write(&out, &text).expect("write report");
+    println!("{text}");
+}

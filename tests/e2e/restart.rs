@@ -1,0 +1,71 @@
+//! What the server knows survives the server: a cluster defined and started by one server
+//! process is reported, handled and destroyed by the next one (the journal holds the clusters,
+//! libvirt the live state, and readiness is probed again).
+
+use serde_json::json;
+use vmcluster_tests::McpClient;
+
+use crate::{cluster_scratch, host_objects, preflight};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_server_answers_for_clusters_defined_before() {
+    let g = preflight();
+    let name = "rs1";
+    let s = cluster_scratch(&g, name, 105, &["n1"]);
+    let first = McpClient::spawn(&s.env("qemu:///system")).await;
+    first
+        .call("cluster_define", json!({"topology_name": name}))
+        .await
+        .ok();
+    first
+        .call(
+            "cluster_start",
+            json!({"cluster_name": name, "ssh_timeout_s": 180}),
+        )
+        .await
+        .ok();
+    first.close().await;
+
+    let second = McpClient::spawn(&s.env("qemu:///system")).await;
+    let list = second.call("cluster_list", json!({})).await;
+    assert_eq!(list.ok()["clusters"][0]["cluster_name"], name);
+    // The new server re-probes the running node; wait (bounded) until it has an answer.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let st = second
+            .call("cluster_status", json!({"cluster_name": name}))
+            .await;
+        let n1 = st.ok()["nodes"][0].clone();
+        assert_eq!(n1["domain_state"], "running", "{n1}");
+        if n1["phase"] == "ready" {
+            break;
+        }
+        assert!(n1["last_error"].is_null(), "{n1}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node never became ready again: {n1}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let handle = second
+        .call("cluster_handle", json!({"cluster_name": name}))
+        .await;
+    assert!(
+        handle.ok()["kernel_version"]
+            .as_str()
+            .is_some_and(|k| !k.is_empty())
+    );
+    second
+        .call(
+            "cluster_destroy",
+            json!({"cluster_name": name, "remove_overlays": true}),
+        )
+        .await
+        .ok();
+    let objs = host_objects(name);
+    assert!(
+        objs.domains.is_empty() && objs.networks.is_empty() && !objs.bridge,
+        "{objs:?}"
+    );
+    second.close().await;
+}

@@ -1,0 +1,505 @@
+//! The engine in this process (`vmcluster_actors::Engine`) on libvirt's test driver and a real
+//! sled journal: what `cluster_define` builds on the host, idempotence, the lifecycle verbs,
+//! conflicts and unknown names, replay after a restart, and partial defines that converge.
+//!
+//! Tests that need a process of their own (a failpoint set through the environment, a restart
+//! that really drops the test driver's state) drive the built binary instead.
+
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::json;
+use vmcluster_actors::{Engine, EngineError, NodeOp, Reply, StopMode};
+use vmcluster_engine::state::{DomainState, Readiness};
+use vmcluster_engine::view::ClusterStatus;
+use vmcluster_tests::{McpClient, vmcluster_bin};
+
+use crate::{Fixture, dir_names, eventually, file_identity};
+
+const T: Duration = Duration::from_secs(5);
+
+async fn engine(f: &Fixture) -> Engine {
+    Engine::start(f.config()).await.expect("engine starts")
+}
+
+/// The value of a successful command, with its op id.
+#[track_caller]
+fn applied<T: std::fmt::Debug>(r: Reply<T>) -> (T, uuid::Uuid) {
+    let op = r.op_id.expect("a journaled command has an op_id");
+    (r.result.expect("command succeeds"), op)
+}
+
+/// The error of a failed command.
+#[track_caller]
+fn failed<T: std::fmt::Debug>(r: Result<T, EngineError>) -> EngineError {
+    match r {
+        Ok(v) => panic!("unexpectedly succeeded: {v:?}"),
+        Err(e) => e,
+    }
+}
+
+#[track_caller]
+fn check_code(e: &EngineError, code: &str) {
+    assert_eq!(e.code().as_str(), code, "{e}");
+}
+
+/// Every node is in `state`/`phase`.
+#[track_caller]
+fn check_nodes(s: &ClusterStatus, state: DomainState, phase: Readiness) {
+    for n in &s.nodes {
+        assert_eq!(
+            (n.domain_state, n.phase),
+            (state, phase),
+            "node {}: {s:?}",
+            n.name
+        );
+    }
+}
+
+fn node<'a>(s: &'a ClusterStatus, name: &str) -> &'a vmcluster_engine::view::NodeStatus {
+    s.nodes
+        .iter()
+        .find(|n| n.name == name)
+        .unwrap_or_else(|| panic!("no node {name} in {s:?}"))
+}
+
+/// Status with whatever volatile (last_error of readiness probes) is left out.
+fn stable(mut s: ClusterStatus) -> ClusterStatus {
+    for n in &mut s.nodes {
+        n.last_error = None;
+    }
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn define_builds_the_cluster_and_is_idempotent() {
+    let f = Fixture::with_extra_disk("itdef", &["n1", "n2", "n3"]);
+    let e = engine(&f).await;
+
+    let (s, op1) = applied(e.define(&f.name).await);
+    assert_eq!(s.cluster_name, f.name);
+    assert_eq!(s.network, format!("{}-net", f.name));
+    assert!(s.network_active, "{s:?}");
+    assert_eq!(
+        s.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(),
+        ["n1", "n2", "n3"],
+        "topology order"
+    );
+    check_nodes(&s, DomainState::ShutOff, Readiness::Down);
+    for (i, n) in s.nodes.iter().enumerate() {
+        assert_eq!(n.ip, format!("192.168.{}.{}", f.octet, 11 + i));
+        assert_eq!(n.domain, format!("{}_{}", f.name, n.name));
+        assert_eq!(
+            n.domain_type, "qemu",
+            "auto resolves to qemu on the test driver"
+        );
+        assert!(!n.ssh_reachable);
+    }
+    // The wire strings clients see.
+    let wire = serde_json::to_value(&s).unwrap();
+    assert_eq!(wire["nodes"][0]["domain_state"], "shut off");
+    assert_eq!(wire["nodes"][0]["phase"], "down");
+    // What landed on disk.
+    for n in &f.nodes {
+        file_identity(&f.overlay(n));
+        file_identity(&f.seed(n));
+    }
+    let disk = f.extra_disk.clone().unwrap();
+    file_identity(&disk);
+    assert_eq!(
+        e.status(&f.name).await.unwrap(),
+        s,
+        "status answers what define returned"
+    );
+
+    let before: Vec<_> = f
+        .nodes
+        .iter()
+        .map(|n| file_identity(&f.overlay(n)))
+        .collect();
+    let disk_before = file_identity(&disk);
+    let (again, op2) = applied(e.define(&f.name).await);
+    assert_ne!(op1, op2, "every define is its own journaled operation");
+    assert_eq!(
+        stable(again),
+        stable(s),
+        "define converges on the same cluster"
+    );
+    let after: Vec<_> = f
+        .nodes
+        .iter()
+        .map(|n| file_identity(&f.overlay(n)))
+        .collect();
+    assert_eq!(before, after, "overlays are never rewritten");
+    assert_eq!(
+        disk_before,
+        file_identity(&disk),
+        "extra disks are never rewritten"
+    );
+    assert_eq!(e.list().await.unwrap().clusters.len(), 1);
+    e.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_start_stop_crash_destroy() {
+    let f = Fixture::with_extra_disk("itlife", &["n1", "n2", "n3"]);
+    let e = engine(&f).await;
+    applied(e.define(&f.name).await);
+
+    let (s, _) = applied(e.start_cluster(&f.name, false, T).await);
+    check_nodes(&s, DomainState::Running, Readiness::DomainRunning);
+    let list = e.list().await.unwrap();
+    let summary = list
+        .clusters
+        .iter()
+        .find(|c| c.cluster_name == f.name)
+        .expect("listed");
+    assert_eq!((summary.nodes, summary.running), (3, 3));
+    assert_eq!(summary.subnet, format!("192.168.{}.0/24", f.octet));
+    // Nothing answers on the test driver, and the probe refuses to leave the host: every node
+    // records why it is not ready, without the network being touched.
+    let (eng, name) = (&e, &f.name);
+    eventually("every readiness probe to give up", move || async move {
+        let s = eng.status(name).await.unwrap();
+        s.nodes.iter().all(|n| n.last_error.is_some()).then_some(s)
+    })
+    .await;
+    let s = e.status(&f.name).await.unwrap();
+    let why = s.nodes[0].last_error.as_deref().unwrap();
+    assert!(why.contains("refusing to connect"), "{why}");
+    check_nodes(&s, DomainState::Running, Readiness::DomainRunning);
+
+    let stop = NodeOp::Stop {
+        mode: StopMode::Destroy,
+        timeout: T,
+    };
+    let (r, _) = applied(e.node(&f.name, "n2", stop).await);
+    assert_eq!(r.cluster_name, f.name);
+    assert_eq!(
+        (r.node.name.as_str(), r.node.domain_state, r.node.phase),
+        ("n2", DomainState::ShutOff, Readiness::Down)
+    );
+    let crash = NodeOp::Crash {
+        restart_after: false,
+        wait_for_ssh: false,
+        ssh_timeout: T,
+    };
+    let (r, _) = applied(e.node(&f.name, "n3", crash).await);
+    assert_eq!(r.node.domain_state, DomainState::ShutOff);
+    let s = e.status(&f.name).await.unwrap();
+    assert_eq!(node(&s, "n1").domain_state, DomainState::Running);
+    assert_eq!(node(&s, "n2").domain_state, DomainState::ShutOff);
+    assert_eq!(node(&s, "n3").domain_state, DomainState::ShutOff);
+    let reboot = NodeOp::Reboot {
+        hard: true,
+        wait_for_ssh: false,
+        ssh_timeout: T,
+    };
+    check_code(
+        &failed(e.node(&f.name, "n2", reboot).await.result),
+        "FAILED_PRECONDITION",
+    );
+    let start = NodeOp::Start {
+        wait_for_ssh: false,
+        ssh_timeout: T,
+    };
+    let (r, _) = applied(e.node(&f.name, "n2", start).await);
+    assert_eq!(r.node.domain_state, DomainState::Running);
+
+    let (s, _) = applied(e.stop_cluster(&f.name, StopMode::Destroy, T).await);
+    check_nodes(&s, DomainState::ShutOff, Readiness::Down);
+    assert_eq!(e.list().await.unwrap().clusters[0].running, 0);
+    check_code(&failed(e.handle(&f.name).await), "FAILED_PRECONDITION");
+
+    let (s, _) = applied(e.destroy(&f.name, true).await);
+    check_nodes(&s, DomainState::Undefined, Readiness::Down);
+    assert!(!s.network_active);
+    assert!(e.list().await.unwrap().clusters.is_empty());
+    check_code(&failed(e.status(&f.name).await), "NOT_FOUND");
+    assert!(!f.cluster_dir().exists(), "cluster directory removed");
+    assert!(
+        !f.extra_disk.as_ref().unwrap().exists(),
+        "extra disk removed"
+    );
+    check_code(&failed(e.destroy(&f.name, true).await.result), "NOT_FOUND");
+    e.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destroy_keeping_overlays_then_redefine_reuses_them() {
+    let f = Fixture::with_extra_disk("itkeep", &["n1", "n2"]);
+    let e = engine(&f).await;
+    applied(e.define(&f.name).await);
+    let overlays: Vec<_> = f
+        .nodes
+        .iter()
+        .map(|n| file_identity(&f.overlay(n)))
+        .collect();
+    let disk = f.extra_disk.clone().unwrap();
+    let disk_id = file_identity(&disk);
+
+    applied(e.destroy(&f.name, false).await);
+    assert!(e.list().await.unwrap().clusters.is_empty());
+    check_code(&failed(e.status(&f.name).await), "NOT_FOUND");
+    let kept: Vec<_> = f
+        .nodes
+        .iter()
+        .map(|n| file_identity(&f.overlay(n)))
+        .collect();
+    assert_eq!(kept, overlays, "overlays kept untouched");
+    assert_eq!(file_identity(&disk), disk_id, "extra disk kept");
+    for n in &f.nodes {
+        assert!(!f.seed(n).exists(), "seed of {n} removed");
+    }
+
+    let (s, _) = applied(e.define(&f.name).await);
+    check_nodes(&s, DomainState::ShutOff, Readiness::Down);
+    let reused: Vec<_> = f
+        .nodes
+        .iter()
+        .map(|n| file_identity(&f.overlay(n)))
+        .collect();
+    assert_eq!(reused, overlays, "re-define reuses the kept overlays");
+    assert_eq!(file_identity(&disk), disk_id);
+
+    // The disk is still ours (the journal's ledger): a full destroy removes it.
+    applied(e.destroy(&f.name, true).await);
+    assert!(!disk.exists());
+    assert!(!f.cluster_dir().exists());
+    e.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changed_topology_is_a_conflict_and_changes_nothing() {
+    let f = Fixture::new("itconf", &["n1", "n2"]);
+    let e = engine(&f).await;
+    let (s, _) = applied(e.define(&f.name).await);
+    let files = dir_names(&f.cluster_dir());
+    let seed = file_identity(&f.seed("n1"));
+
+    f.write_topology(f.yaml(1024));
+    let r = e.define(&f.name).await;
+    assert_eq!(r.op_id, None, "refused before anything was journaled");
+    let err = failed(r.result);
+    check_code(&err, "CONFLICT");
+    assert!(err.to_string().contains("destroy it first"), "{err}");
+    assert_eq!(stable(e.status(&f.name).await.unwrap()), stable(s));
+    assert_eq!(dir_names(&f.cluster_dir()), files);
+    assert_eq!(
+        file_identity(&f.seed("n1")),
+        seed,
+        "not even the seed was rewritten"
+    );
+    e.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_names_are_not_found() {
+    let f = Fixture::new("itunk", &["n1"]);
+    let e = engine(&f).await;
+    let start = NodeOp::Start {
+        wait_for_ssh: false,
+        ssh_timeout: T,
+    };
+    // Unknown cluster, for every verb.
+    check_code(&failed(e.status("nope").await), "NOT_FOUND");
+    check_code(&failed(e.handle("nope").await), "NOT_FOUND");
+    for r in [
+        e.start_cluster("nope", false, T).await,
+        e.stop_cluster("nope", StopMode::Destroy, T).await,
+        e.destroy("nope", true).await,
+    ] {
+        assert_eq!(r.op_id, None);
+        check_code(&failed(r.result), "NOT_FOUND");
+    }
+    check_code(
+        &failed(e.node("nope", "n1", start).await.result),
+        "NOT_FOUND",
+    );
+    check_code(&failed(e.define("nope").await.result), "NOT_FOUND");
+
+    applied(e.define(&f.name).await);
+    let r = e.node(&f.name, "n9", start).await;
+    assert_eq!(r.op_id, None);
+    let err = failed(r.result);
+    check_code(&err, "NOT_FOUND");
+    assert!(err.to_string().contains("n9"), "{err}");
+    check_nodes(
+        &e.status(&f.name).await.unwrap(),
+        DomainState::ShutOff,
+        Readiness::Down,
+    );
+    e.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handle_of_a_stopped_cluster_is_a_failed_precondition() {
+    let f = Fixture::new("ithandle", &["n1", "n2"]);
+    let e = engine(&f).await;
+    applied(e.define(&f.name).await);
+    let err = failed(e.handle(&f.name).await);
+    check_code(&err, "FAILED_PRECONDITION");
+    assert!(err.to_string().contains("cluster_start"), "{err}");
+    e.shutdown().await;
+}
+
+/// A second engine on the same state directory in this process: the journal is released by
+/// the first and replayed by the second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_engine_replays_the_journal() {
+    let f = Fixture::new("itreplay", &["n1", "n2"]);
+    let a = engine(&f).await;
+    let (defined, _) = applied(a.define(&f.name).await);
+    a.shutdown().await;
+
+    let b = engine(&f).await;
+    let s = b
+        .status(&f.name)
+        .await
+        .expect("the cluster survives a restart");
+    assert_eq!(s.cluster_name, f.name);
+    let ids = |s: &ClusterStatus| {
+        s.nodes
+            .iter()
+            .map(|n| (n.name.clone(), n.ip.clone(), n.domain.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ids(&s), ids(&defined));
+    assert_eq!(b.list().await.unwrap().clusters.len(), 1);
+    // Whatever the driver kept, the new engine reports what libvirt says now.
+    for n in &s.nodes {
+        assert_eq!(
+            n.domain_state,
+            libvirt_state(&n.domain),
+            "{}: {s:?}",
+            n.name
+        );
+        assert_eq!(n.phase, Readiness::Down);
+    }
+    // It can be torn down by the new engine.
+    applied(b.destroy(&f.name, true).await);
+    assert!(b.list().await.unwrap().clusters.is_empty());
+    b.shutdown().await;
+}
+
+/// The state of `domain` as a connection of this process of our own sees it.
+fn libvirt_state(domain: &str) -> DomainState {
+    let conn = virt::connect::Connect::open(Some(crate::TEST_URI)).expect("open test driver");
+    match conn.lookup_domain_by_name(domain) {
+        Err(_) => DomainState::Undefined,
+        Ok(d) if d.is_active().expect("is_active") => DomainState::Running,
+        Ok(_) => DomainState::ShutOff,
+    }
+}
+
+fn cli(f: &Fixture, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(vmcluster_bin())
+        .arg("--json")
+        .args(args)
+        .envs(f.env())
+        .env_remove("VMCLUSTER_FAILPOINTS")
+        .output()
+        .expect("run vmcluster");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{args:?}: stdout is not JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// A restart is a new process, and the test driver's domains die with the old one: the cluster
+/// is still known (from the journal) and reports its domains truthfully as `undefined`.
+#[test]
+fn restart_in_a_new_process_reports_what_libvirt_has() {
+    let f = Fixture::new("itrestart", &["n1", "n2"]);
+    let defined = cli(&f, &["define", &f.name]);
+    assert_eq!(defined["success"], true, "{defined}");
+    assert_eq!(defined["result"]["nodes"][1]["domain_state"], "shut off");
+
+    let status = cli(&f, &["status", &f.name]);
+    assert_eq!(status["success"], true, "{status}");
+    let nodes = status["result"]["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 2);
+    for n in nodes {
+        assert_eq!(n["domain_state"], "undefined", "{status}");
+        assert_eq!(n["phase"], "down");
+    }
+    assert_eq!(status["result"]["network_active"], false, "{status}");
+    assert_eq!(nodes[0]["domain"], format!("{}_n1", f.name));
+}
+
+/// A failpoint fails `define_domain` on n2: the error names the step and the node, n1 is
+/// defined, and once the failpoint is gone a re-run converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failpoint_in_define_domain_then_converges() {
+    let f = Fixture::new("itfail", &["n1", "n2", "n3"]);
+    let mut env = f.env();
+    env.push(("VMCLUSTER_FAILPOINTS".into(), "define_domain:n2".into()));
+    let c = McpClient::spawn(&env).await;
+    let r = c
+        .call("cluster_define", json!({"topology_name": f.name}))
+        .await;
+    let err = r.err();
+    assert_eq!(err["code"], "INTERNAL", "{err}");
+    assert_eq!(err["step"], "define_domain", "{err}");
+    assert_eq!(err["node"], "n2", "{err}");
+    assert_eq!(err["recoverable"], false, "{err}");
+    assert!(r.envelope["op_id"].is_string(), "journaled: {}", r.envelope);
+    // In the same process (the test driver's state): n1 defined, n2 and n3 not.
+    let s = c
+        .call("cluster_status", json!({"cluster_name": f.name}))
+        .await;
+    let states: Vec<_> = s.ok()["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["domain_state"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(states, ["shut off", "undefined", "undefined"]);
+    assert!(
+        f.overlay("n2").is_file(),
+        "steps before define_domain ran on n2"
+    );
+    assert!(!f.overlay("n3").exists(), "nothing ran on n3");
+    c.close().await;
+
+    let c = McpClient::spawn(&f.env()).await;
+    let r = c
+        .call("cluster_define", json!({"topology_name": f.name}))
+        .await;
+    for n in r.ok()["nodes"].as_array().unwrap() {
+        assert_eq!(n["domain_state"], "shut off", "{}", r.envelope);
+    }
+    assert!(f.overlay("n3").is_file());
+    c.close().await;
+}
+
+/// Something squats on n2's overlay path: define fails in `ensure_overlay` on n2 after n1 is
+/// complete, and converges once the squatter is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn squatter_on_an_overlay_path_fails_then_converges() {
+    let f = Fixture::new("itsquat", &["n1", "n2"]);
+    let squatter = f.overlay("n2");
+    std::fs::create_dir_all(squatter.join("x")).unwrap();
+    let e = engine(&f).await;
+
+    let r = e.define(&f.name).await;
+    assert!(r.op_id.is_some(), "the failure is journaled");
+    let err = failed(r.result);
+    assert_eq!(err.step(), Some("ensure_overlay"), "{err}");
+    assert_eq!(err.node(), Some("n2"), "{err}");
+    let s = e.status(&f.name).await.unwrap();
+    assert_eq!(node(&s, "n1").domain_state, DomainState::ShutOff);
+    assert_eq!(node(&s, "n2").domain_state, DomainState::Undefined);
+    assert!(squatter.join("x").is_dir(), "the squatter is left alone");
+
+    std::fs::remove_dir_all(&squatter).unwrap();
+    let (s, _) = applied(e.define(&f.name).await);
+    check_nodes(&s, DomainState::ShutOff, Readiness::Down);
+    file_identity(&f.overlay("n2"));
+    applied(e.destroy(&f.name, true).await);
+    assert!(!f.cluster_dir().exists());
+    e.shutdown().await;
+}

@@ -91,6 +91,7 @@ impl Op {
             node: node.clone(),
         })
         .await?;
+        let started = std::time::Instant::now();
         let res: Result<T> = async {
             failpoint(step.name(), node.as_deref(), When::Before)?;
             let v = work.await?;
@@ -98,6 +99,7 @@ impl Op {
             Ok(v)
         }
         .await;
+        tracing::debug!(op = %self.id, step = step.name(), ?node, ok = res.is_ok(), elapsed_ms = started.elapsed().as_millis() as u64, "step finished");
         let (ok, detail) = match &res {
             Ok(_) => (true, None),
             Err(e) => (false, Some(e.to_string())),

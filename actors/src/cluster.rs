@@ -987,13 +987,17 @@ async fn define(ctx: Ctx, topology: String) -> Reply<ClusterStatus> {
                     }
                     Step::EnsureSeed(n) => {
                         let node = spec.node(n).expect("plan node");
-                        host::write_seed_iso(
+                        let fresh = !node.seed_iso.exists();
+                        if host::ensure_seed_iso(
                             &seed::seed_files(&spec, node, &public_key),
                             &node.seed_iso,
                         )
-                        .await?;
-                        op.created(ObjectKind::File, node.seed_iso.to_string_lossy())
-                            .await?;
+                        .await?
+                            && fresh
+                        {
+                            op.created(ObjectKind::File, node.seed_iso.to_string_lossy())
+                                .await?;
+                        }
                     }
                     Step::DefineDomain(n) => {
                         let node = spec.node(n).expect("plan node");
@@ -1226,6 +1230,7 @@ async fn destroy(ctx: Ctx, cluster: String, remove_overlays: bool) -> Reply<Clus
                         }
                     }
                     (Step::RemoveNodeFiles(_), Some(node)) => {
+                        host::remove_file(&host::seed_stamp(&node.seed_iso))?;
                         for f in [&node.seed_iso, &node.console_log] {
                             host::remove_file(f)?;
                             op.removed(ObjectKind::File, f.to_string_lossy()).await?;

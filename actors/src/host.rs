@@ -157,6 +157,29 @@ fn finish_tmp<T>(res: Result<T>, tmp: &Path, dest: &Path) -> Result<()> {
     }
 }
 
+/// The stamp file beside a seed ISO that records the digest of the files it was built from.
+pub fn seed_stamp(iso: &Path) -> PathBuf {
+    let name = iso
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    iso.with_file_name(format!(".{name}.sha256"))
+}
+
+/// Writes the seed ISO unless one built from exactly these files is already there. Returns
+/// whether it wrote one.
+pub async fn ensure_seed_iso(files: &SeedFiles, iso: &Path) -> Result<bool> {
+    let stamp = seed_stamp(iso);
+    let digest = files.digest();
+    if existing_file(iso)? && std::fs::read_to_string(&stamp).is_ok_and(|d| d.trim() == digest) {
+        return Ok(false);
+    }
+    write_seed_iso(files, iso).await?;
+    std::fs::write(&stamp, format!("{digest}\n"))
+        .map_err(|e| EngineError::io(format!("write {}", stamp.display()), e))?;
+    Ok(true)
+}
+
 /// Writes a NoCloud seed ISO (volume label `cidata`) at `iso`, replacing any previous one.
 pub async fn write_seed_iso(files: &SeedFiles, iso: &Path) -> Result<()> {
     let dir = iso

@@ -109,7 +109,8 @@ pub fn is_tap_name(name: &str) -> bool {
     name.len() == 11 && name.starts_with("vmc") && name[3..].chars().all(|c| c.is_ascii_hexdigit())
 }
 
-/// The NoCloud instance id: changes whenever the node is re-created from scratch.
+/// The NoCloud instance id: a pure function of the names, so a re-defined node keeps it and
+/// cloud-init does not re-run its first-boot modules on a kept overlay.
 pub fn instance_id(cluster: &str, node: &str) -> String {
     let d = digest(cluster, node);
     format!("vmc-{cluster}-{node}-{}", hex::encode(&d[24..28]))

@@ -22,6 +22,19 @@ pub struct SeedFiles {
     pub network_config: String,
 }
 
+impl SeedFiles {
+    /// A digest of the three files (hex SHA-256), to tell whether a seed must be rebuilt.
+    pub fn digest(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for part in [&self.meta_data, &self.user_data, &self.network_config] {
+            h.update((part.len() as u64).to_le_bytes());
+            h.update(part.as_bytes());
+        }
+        hex::encode(h.finalize())
+    }
+}
+
 /// A public key that cannot be written safely into user-data.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("Unusable SSH public key: expected '<algorithm> <base64> [comment]'")]

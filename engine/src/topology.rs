@@ -26,7 +26,8 @@ pub enum DomainType {
     Auto,
     /// Hardware virtualisation.
     Kvm,
-    /// QEMU's TCG emulator (slow, works everywhere).
+    /// QEMU's TCG emulator (slow, works everywhere). `tcg` is accepted as a synonym.
+    #[serde(alias = "tcg")]
     Qemu,
 }
 
@@ -480,6 +481,16 @@ impl Topology {
                             ),
                         );
                     }
+                    if ex.bridge.as_deref().is_some_and(|b| b != net.bridge) {
+                        bad(
+                            "network.bridge".into(),
+                            format!(
+                                "libvirt network {:?} already exists with bridge {:?}",
+                                ex.name,
+                                ex.bridge.as_deref().unwrap_or_default()
+                            ),
+                        );
+                    }
                     continue;
                 }
                 if let Some(es) = ex.subnet
@@ -630,6 +641,9 @@ impl Topology {
             }
             if let Some(k) = &n.initrd {
                 check_file(&mut bad, &f("initrd"), k);
+                if kernel.is_none() {
+                    bad(f("initrd"), "initrd needs kernel".into());
+                }
             }
             let cmdline = n.cmdline.clone().or_else(|| self.cmdline.clone());
             if let Some(c) = &cmdline
@@ -662,6 +676,35 @@ impl Topology {
                     bad(
                         format!("{df}.path"),
                         "contains characters unsafe in a path".into(),
+                    );
+                }
+                // An extra disk must never be one of the files vmcluster or the topology uses
+                // for something else (it would be attached read-write to a second purpose).
+                let node_file = |p: &Path| {
+                    self.nodes.iter().any(|m| {
+                        let own = dir.join(&m.name);
+                        [".qcow2", "-seed.iso", ".console.log"]
+                            .iter()
+                            .any(|suffix| p == Path::new(&format!("{}{suffix}", own.display())))
+                    })
+                };
+                let image = |p: &Path| {
+                    p == self.base_image
+                        || self.kernel.as_deref() == Some(p)
+                        || self.initrd.as_deref() == Some(p)
+                        || self.nodes.iter().any(|m| {
+                            [&m.base_image, &m.kernel, &m.initrd]
+                                .iter()
+                                .any(|x| x.as_deref() == Some(p))
+                        })
+                };
+                if node_file(&d.path) || image(&d.path) {
+                    bad(
+                        format!("{df}.path"),
+                        format!(
+                            "{} is already used as an image, overlay, seed or console log",
+                            d.path.display()
+                        ),
                     );
                 }
                 if !seen_disks.insert(d.path.clone()) {

@@ -332,6 +332,10 @@ fn cases() -> Vec<Case> {
         Case::new("same network name, other subnet", EXAMPLE_TOPOLOGY.to_owned(),
             invalid(&[("network.name", "libvirt network \"example-3node-net\" already exists with subnet 10.1.0.0/24")]))
             .network("example-3node-net", Some("virbr-example0"), Some("10.1.0.0/24")),
+        Case::new("same network name, other bridge", EXAMPLE_TOPOLOGY.to_owned(),
+            invalid(&[("network.bridge", "libvirt network \"example-3node-net\" already exists with bridge \"virbr-other\"")]))
+            .network("example-3node-net", Some("virbr-other"), Some("192.168.100.0/24")),
+        Case::new("tcg is a synonym of qemu", format!("domain_type: tcg\n{EXAMPLE_TOPOLOGY}"), Valid),
         Case::new("bridge used by another network", EXAMPLE_TOPOLOGY.to_owned(),
             invalid(&[("network.bridge", "bridge \"virbr-example0\" is used by libvirt network \"other\"")]))
             .network("other", Some("virbr-example0"), None),
@@ -360,6 +364,8 @@ fn cases() -> Vec<Case> {
         Case::new("missing per-node initrd", format!("{}kernel: /boot/vmlinuz\n", ex(&[(CONTROLLER_VCPUS, "role: controller\n    initrd: /boot/other.img\n    vcpus: 2")])),
             invalid(&[("nodes[0].initrd", "/boot/other.img does not exist")]))
             .missing(&["/boot/other.img"]),
+        Case::new("per-node initrd without any kernel", ex(&[(CONTROLLER_VCPUS, "role: controller\n    initrd: /boot/other.img\n    vcpus: 2")]),
+            invalid(&[("nodes[0].initrd", "initrd needs kernel")])),
         Case::new("relative overlay_dir", format!("overlay_dir: overlays\n{EXAMPLE_TOPOLOGY}"),
             invalid(&[("overlay_dir", "overlays must be an absolute path")])),
         Case::new("relative ssh key", ex(&[("key_path: /etc/vmcluster/ssh/vmcluster_id_ed25519", "key_path: ~/.ssh/id_ed25519")]),
@@ -386,6 +392,10 @@ fn cases() -> Vec<Case> {
             invalid(&[("nodes[0].extra_disks[0].size_gb", "0 is outside 1..=16384")])),
         Case::new("disk of 16385 GiB", ex(&[(CONTROLLER_SIZE, "controller-data0.qcow2\n        size_gb: 16385")]),
             invalid(&[("nodes[0].extra_disks[0].size_gb", "16385 is outside")])),
+        Case::new("disk is the base image", ex(&[(CONTROLLER_DISK, BASE)]),
+            invalid(&[("nodes[0].extra_disks[0].path", "is already used as an image, overlay, seed or console log")])),
+        Case::new("disk is another node's overlay", ex(&[(CONTROLLER_DISK, "/var/lib/vmcluster/overlays/example-3node/worker-0.qcow2")]),
+            invalid(&[("nodes[0].extra_disks[0].path", "is already used as an image, overlay, seed or console log")])),
         Case::new("disk shared by two nodes", ex(&[(WORKER_DISK, CONTROLLER_DISK)]),
             invalid(&[("nodes[1].extra_disks[0].path", &format!("{CONTROLLER_DISK} is used twice"))])),
         Case::new("relative disk path", ex(&[(CONTROLLER_DISK, "disks/data0.qcow2")]),

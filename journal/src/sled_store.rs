@@ -40,7 +40,24 @@ fn key_to_seq(k: &[u8]) -> Result<u64, StoreError> {
 
 impl SledStore {
     /// Opens (creating if needed) the store in directory `dir`.
+    ///
+    /// sled releases its file lock from a background thread after the last handle drops, so a
+    /// store reopened right after being closed (a restarted server, a CLI verb after a test)
+    /// can see its own previous lock for a moment: a locked store is retried for up to two
+    /// seconds before it is reported as in use by another process.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            match Self::try_open(dir) {
+                Err(StoreError::InUse { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn try_open(dir: &Path) -> Result<Self, StoreError> {
         let db = sled::Config::new().path(dir).open().map_err(|e| {
             let message = e.to_string();
             // sled 0.34.7 reports a failed `try_lock_exclusive` as an

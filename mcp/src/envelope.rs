@@ -163,8 +163,17 @@ pub fn from_reply<T>(r: Reply<T>) -> ToolResult<T> {
 /// Parses raw tool arguments into typed parameters; a mismatch is an `INVALID_ARGUMENT` tool
 /// error (so the model can correct itself), never a protocol error.
 pub fn parse<P: DeserializeOwned>(args: JsonObject) -> Result<P, Failure> {
-    serde_json::from_value(serde_json::Value::Object(args))
-        .map_err(|e| Failure::new(ToolError::invalid(format!("Invalid arguments: {e}")), None))
+    // The error names the offending argument (`ssh_timeout_s: invalid type ...`), so a model
+    // knows what to correct.
+    serde_path_to_error::deserialize(serde_json::Value::Object(args)).map_err(|e| {
+        let path = e.path().to_string();
+        let message = if path == "." {
+            format!("Invalid arguments: {}", e.inner())
+        } else {
+            format!("Invalid argument {path}: {}", e.inner())
+        };
+        Failure::new(ToolError::invalid(message), None)
+    })
 }
 
 /// The input schema advertised for parameters of type `P`.

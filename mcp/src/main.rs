@@ -8,10 +8,11 @@ async fn main() {
     let cli = vmcluster_mcp::cli::parse();
     let config = match Config::from_env() {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("error [INVALID_ARGUMENT]: {e}");
-            std::process::exit(2);
-        }
+        Err(e) => startup_failure(
+            cli.json,
+            vmcluster_engine::ErrorCode::InvalidArgument,
+            &e.to_string(),
+        ),
     };
     // Logs go to stderr: stdout is the MCP transport.
     // A one-shot CLI verb stays quiet unless asked; the server logs at the configured level.
@@ -31,10 +32,7 @@ async fn main() {
         .init();
     let engine = match vmcluster_actors::Engine::start(config).await {
         Ok(e) => e,
-        Err(e) => {
-            eprintln!("error [{}]: cannot start: {e}", e.code());
-            std::process::exit(2);
-        }
+        Err(e) => startup_failure(cli.json, e.code(), &format!("Cannot start: {e}")),
     };
     let code = match cli.command {
         vmcluster_mcp::cli::Command::Serve => {
@@ -53,4 +51,25 @@ async fn main() {
     };
     engine.shutdown().await;
     std::process::exit(code);
+}
+
+/// Reports a failure to start (bad configuration, journal in use, libvirt unreachable) and exits
+/// with status 2; with `--json` the envelope goes to stdout like every other result.
+fn startup_failure(json: bool, code: vmcluster_engine::ErrorCode, message: &str) -> ! {
+    if json {
+        let env: vmcluster_mcp::envelope::Envelope<()> = vmcluster_mcp::envelope::Envelope {
+            success: false,
+            result: None,
+            error: Some(vmcluster_mcp::envelope::ToolError {
+                code,
+                message: message.to_owned(),
+                recoverable: code.recoverable(),
+                ..vmcluster_mcp::envelope::ToolError::invalid("")
+            }),
+            op_id: None,
+        };
+        println!("{}", serde_json::to_string_pretty(&env).unwrap_or_default());
+    }
+    eprintln!("error [{code}]: {message}");
+    std::process::exit(2);
 }

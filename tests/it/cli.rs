@@ -196,7 +196,18 @@ fn version_and_bad_configuration() {
         .output()
         .expect("run vmcluster");
     assert_eq!(out.status.code(), Some(2));
-    assert!(out.stdout.is_empty());
+    // With --json the failure is still an envelope on stdout, so scripts never parse nothing.
+    let env: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("stdout is one JSON envelope");
+    assert_eq!(env["success"], false);
+    assert_eq!(env["error"]["code"], "INVALID_ARGUMENT");
+    assert!(
+        env["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("missing.yaml"),
+        "{env}"
+    );
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("error [INVALID_ARGUMENT]"),
         "{}",

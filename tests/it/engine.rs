@@ -118,6 +118,7 @@ async fn define_builds_the_cluster_and_is_idempotent() {
         .map(|n| file_identity(&f.overlay(n)))
         .collect();
     let disk_before = file_identity(&disk);
+    let seeds_before: Vec<_> = f.nodes.iter().map(|n| file_identity(&f.seed(n))).collect();
     let (again, op2) = applied(e.define(&f.name).await);
     assert_ne!(op1, op2, "every define is its own journaled operation");
     assert_eq!(
@@ -131,6 +132,11 @@ async fn define_builds_the_cluster_and_is_idempotent() {
         .map(|n| file_identity(&f.overlay(n)))
         .collect();
     assert_eq!(before, after, "overlays are never rewritten");
+    let seeds_after: Vec<_> = f.nodes.iter().map(|n| file_identity(&f.seed(n))).collect();
+    assert_eq!(
+        seeds_before, seeds_after,
+        "an unchanged seed is not rebuilt"
+    );
     assert_eq!(
         disk_before,
         file_identity(&disk),

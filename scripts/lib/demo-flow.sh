@@ -39,7 +39,7 @@ step "Topology $topology_dir/$name.yaml"
 sed -n '/^nodes:/,/^ssh:/p' "$topology_dir/$name.yaml" | sed '$d'
 step "cluster_define $name   (network, overlays, NoCloud seeds, domains)"
 timed "$vmc" define "$name"
-step "cluster_start $name --wait-for-ssh   (3 nodes boot in parallel under $(grep -q kvm /proc/cpuinfo 2>/dev/null && echo KVM-or-TCG || echo TCG))"
+step "cluster_start $name   (3 nodes boot in parallel; wait until each is ready: domain, SSH port, SSH login, cloud-init)"
 timed "$vmc" start "$name" --ssh-timeout 180
 step "cluster_status $name"
 "$vmc" status "$name"

@@ -43,6 +43,7 @@ use vmcluster_engine::xml::{self, Accel, Owner};
 use vmcluster_journal::{BodyV1, Journal, ObjectKind};
 
 use crate::error::{EngineError, Result};
+use crate::exec::ExecRequest;
 use crate::host;
 use crate::hostnet::{HostNetMsg, check_network_owner};
 use crate::libvirt::{DomainEvent, Virt};
@@ -199,6 +200,17 @@ pub enum ClusterMsg {
         op: NodeOp,
         /// Reply.
         reply: RpcReplyPort<Reply<NodeResult>>,
+    },
+    /// `node_exec` / `node_exec_all`: run a command on some nodes (all when `nodes` is `None`).
+    Exec {
+        /// Cluster.
+        cluster: String,
+        /// Nodes, in the order given; `None` means every node in topology order.
+        nodes: Option<Vec<String>>,
+        /// What to run.
+        request: ExecRequest,
+        /// Reply: the journaled op and each node's outcome.
+        reply: RpcReplyPort<Reply<Vec<(String, Result<vmcluster_engine::view::ExecResult>)>>>,
     },
     /// Internal: add a cluster to the registry and spawn its NodeActors.
     Register {
@@ -432,6 +444,17 @@ impl Actor for ClusterActor {
                 let ctx = st.ctx.clone();
                 tokio::spawn(async move {
                     let _ = reply.send(node_op(ctx, cluster, node, op).await);
+                });
+            }
+            ClusterMsg::Exec {
+                cluster,
+                nodes,
+                request,
+                reply,
+            } => {
+                let ctx = st.ctx.clone();
+                tokio::spawn(async move {
+                    let _ = reply.send(exec(ctx, cluster, nodes, request).await);
                 });
             }
             ClusterMsg::Register { spec, reply } => {
@@ -1322,8 +1345,7 @@ async fn handle(
     }
     let outputs = join_all(resolved.nodes.iter().map(|(n, a)| async move {
         let out = ask_node(a, |reply| NodeMsg::Exec {
-            command: "uname -r".into(),
-            timeout: Duration::from_secs(20),
+            request: ExecRequest::new("uname -r", Duration::from_secs(20)),
             reply,
         })
         .await;
@@ -1335,7 +1357,7 @@ async fn handle(
     for (n, out) in outputs {
         match out {
             Ok(o) if o.exit_code == Some(0) => {
-                versions.insert(n, String::from_utf8_lossy(&o.stdout).trim().to_owned());
+                versions.insert(n, o.stdout.trim().to_owned());
             }
             Ok(o) => failures.push((
                 n.clone(),
@@ -1468,5 +1490,68 @@ async fn node_op(ctx: Ctx, cluster: String, node: String, op_kind: NodeOp) -> Re
     Reply {
         op_id: Some(op.id),
         result,
+    }
+}
+
+/// Runs a command on the chosen nodes concurrently. Each node's failure stays that node's: an
+/// unreachable node is an `SSH` error in its slot, never a fake exit code.
+async fn exec(
+    ctx: Ctx,
+    cluster: String,
+    nodes: Option<Vec<String>>,
+    request: ExecRequest,
+) -> Reply<Vec<(String, Result<vmcluster_engine::view::ExecResult>)>> {
+    let resolved = match ctx.resolve(&cluster).await {
+        Ok(r) => r,
+        Err(e) => return Reply::refused(e),
+    };
+    let targets: Vec<(String, ActorRef<NodeMsg>)> = match &nodes {
+        None => resolved.nodes.clone(),
+        Some(names) => {
+            let mut v = Vec::new();
+            for n in names {
+                match resolved.node(n) {
+                    Ok(a) => v.push((n.clone(), a)),
+                    Err(e) => return Reply::refused(e),
+                }
+            }
+            v
+        }
+    };
+    let params = json!({
+        "nodes": targets.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(),
+        "command": request.command,
+        "timeout_s": request.timeout.as_secs_f64(),
+    });
+    let tool = if nodes.as_ref().is_some_and(|n| n.len() == 1) {
+        "node_exec"
+    } else {
+        "node_exec_all"
+    };
+    let op = match Op::begin(&ctx.journal, tool, &resolved.spec.name, &params).await {
+        Ok(op) => op,
+        Err(e) => return Reply::refused(e),
+    };
+    let outcomes = join_all(targets.iter().map(|(n, a)| {
+        let request = request.clone();
+        async move {
+            (
+                n.clone(),
+                ask_node(a, |reply| NodeMsg::Exec { request, reply }).await,
+            )
+        }
+    }))
+    .await;
+    let summary: Result<Vec<(String, Option<i64>, bool)>> = Ok(outcomes
+        .iter()
+        .map(|(n, r)| match r {
+            Ok(x) => (n.clone(), x.exit_code, x.timed_out),
+            Err(_) => (n.clone(), None, false),
+        })
+        .collect());
+    op.finish(&summary, true).await;
+    Reply {
+        op_id: Some(op.id),
+        result: Ok(outcomes),
     }
 }

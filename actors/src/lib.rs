@@ -15,6 +15,7 @@
 
 pub mod cluster;
 pub mod error;
+pub mod exec;
 pub mod host;
 pub mod hostnet;
 pub mod libvirt;
@@ -194,6 +195,23 @@ impl Engine {
     /// `cluster_list`.
     pub async fn list(&self) -> Result<ClusterList> {
         ask(&self.cluster, |reply| ClusterMsg::List { reply }, None).await
+    }
+
+    /// `node_exec` / `node_exec_all`: runs `request` on `nodes` (every node when `None`).
+    pub async fn exec(
+        &self,
+        cluster: &str,
+        nodes: Option<Vec<String>>,
+        request: exec::ExecRequest,
+    ) -> Reply<Vec<(String, Result<vmcluster_engine::view::ExecResult>)>> {
+        let cluster = cluster.to_owned();
+        self.reply(|reply| ClusterMsg::Exec {
+            cluster,
+            nodes,
+            request,
+            reply,
+        })
+        .await
     }
 
     /// `node_crash`, `node_start`, `node_stop`, `node_reboot`.

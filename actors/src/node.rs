@@ -19,9 +19,11 @@ use tokio::sync::watch;
 use vmcluster_engine::state::{DomainState, Readiness};
 
 use crate::error::{EngineError, Result};
+use crate::exec::ExecRequest;
 use crate::host;
 use crate::libvirt::{DomainEvent, Virt};
-use crate::ssh::{ExecOutput, SshError, SshSession, SshTarget, tcp_probe};
+use crate::ssh::{SshError, SshSession, SshTarget, tcp_probe};
+use vmcluster_engine::view::ExecResult;
 
 /// What the rest of the server can see of a node at any instant.
 #[derive(Debug, Clone, PartialEq)]
@@ -88,12 +90,10 @@ pub enum NodeMsg {
     },
     /// Run a command over the node's SSH session.
     Exec {
-        /// Shell command.
-        command: String,
-        /// Budget.
-        timeout: Duration,
+        /// What to run.
+        request: ExecRequest,
         /// Reply.
-        reply: RpcReplyPort<Result<ExecOutput>>,
+        reply: RpcReplyPort<Result<ExecResult>>,
     },
     /// Re-read the domain state from libvirt.
     Refresh {
@@ -134,6 +134,8 @@ pub struct NodeState {
     probe: Option<tokio::task::JoinHandle<()>>,
     session: Option<Arc<SshSession>>,
     ready_timeout: Duration,
+    /// Bounds concurrent channels on the node's connection (OpenSSH allows 10 by default).
+    channels: Arc<tokio::sync::Semaphore>,
 }
 
 impl NodeState {
@@ -178,6 +180,7 @@ impl Actor for NodeActor {
             probe: None,
             session: None,
             ready_timeout,
+            channels: Arc::new(tokio::sync::Semaphore::new(MAX_CHANNELS)),
         };
         // libvirt is the truth for live state: read it before answering anything.
         self.on_refresh(&me, &mut st).await;
@@ -213,11 +216,7 @@ impl Actor for NodeActor {
                 ready_timeout,
                 reply,
             } => self.on_reboot(&me, st, hard, ready_timeout, reply).await,
-            NodeMsg::Exec {
-                command,
-                timeout,
-                reply,
-            } => self.on_exec(st, command, timeout, reply),
+            NodeMsg::Exec { request, reply } => self.on_exec(&me, st, request, reply),
             NodeMsg::Refresh { reply } => {
                 self.on_refresh(&me, st).await;
                 if let Some(r) = reply {
@@ -450,37 +449,51 @@ impl NodeActor {
 
     fn on_exec(
         &self,
+        me: &ActorRef<NodeMsg>,
         st: &NodeState,
-        command: String,
-        timeout: Duration,
-        reply: RpcReplyPort<Result<ExecOutput>>,
+        request: ExecRequest,
+        reply: RpcReplyPort<Result<ExecResult>>,
     ) {
         let node = st.args.node.clone();
         let session = st.session.clone().filter(|s| !s.is_closed());
         let target = st.args.ssh.clone();
-        let state = st.snap().domain_state;
+        let snap = st.snap();
+        let channels = st.channels.clone();
+        let me = me.clone();
         tokio::spawn(async move {
-            let ssh_err = |e: SshError| EngineError::Ssh {
-                node: node.clone(),
-                message: e.to_string(),
-            };
-            if state != DomainState::Running {
-                let _ = reply.send(Err(ssh_err(SshError::Protocol(format!(
-                    "domain is {state:?}"
-                )))));
+            if snap.domain_state != DomainState::Running {
+                let _ = reply.send(Err(EngineError::Ssh {
+                    node,
+                    message: format!("the node is not running (domain {:?})", snap.domain_state),
+                }));
                 return;
             }
+            // More commands than the server allows channels on one connection wait here.
+            let Ok(_permit) = channels.acquire_owned().await else {
+                return;
+            };
             let session = match session {
                 Some(s) => s,
                 None => match SshSession::connect(&target).await {
-                    Ok(s) => Arc::new(s),
+                    Ok(s) => {
+                        let s = Arc::new(s);
+                        // Hand the new connection to the actor so later commands reuse it.
+                        let _ = me.cast(NodeMsg::Probe {
+                            generation: snap.generation,
+                            report: ProbeReport::Session(s.clone()),
+                        });
+                        s
+                    }
                     Err(e) => {
-                        let _ = reply.send(Err(ssh_err(e)));
+                        let _ = reply.send(Err(EngineError::Ssh {
+                            node,
+                            message: e.to_string(),
+                        }));
                         return;
                     }
                 },
             };
-            let _ = reply.send(session.exec(&command, timeout).await.map_err(ssh_err));
+            let _ = reply.send(crate::exec::run(&session, &node, &request).await);
         });
     }
 
@@ -514,6 +527,9 @@ impl NodeActor {
         }
     }
 }
+
+/// Concurrent channels per node connection; further commands queue.
+const MAX_CHANNELS: usize = 8;
 
 /// Shell snippet that prints `done` once cloud-init finished (or when the guest has none).
 const CLOUD_INIT_CHECK: &str = "if [ -e /var/lib/cloud/instance/boot-finished ]; then echo done; \

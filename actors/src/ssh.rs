@@ -193,6 +193,52 @@ impl SshSession {
         self.host_key.as_ref().and_then(|k| k.to_openssh().ok())
     }
 
+    /// Runs `command`, feeding it `stdin` (then EOF), and collects its output until it exits or
+    /// `timeout` passes. On timeout the output gathered so far comes back with `timed_out`
+    /// set; the caller decides how to stop the remote command.
+    pub async fn run(
+        &self,
+        command: &str,
+        stdin: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<(ExecOutput, bool), SshError> {
+        let mut ch = self
+            .handle
+            .channel_open_session()
+            .await
+            .map_err(|e| SshError::Protocol(format!("open channel: {e}")))?;
+        ch.exec(true, command)
+            .await
+            .map_err(|e| SshError::Protocol(format!("exec: {e}")))?;
+        if let Some(input) = stdin {
+            ch.data(input)
+                .await
+                .map_err(|e| SshError::Protocol(format!("stdin: {e}")))?;
+        }
+        ch.eof()
+            .await
+            .map_err(|e| SshError::Protocol(format!("stdin eof: {e}")))?;
+        let mut out = ExecOutput::default();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, ch.wait()).await {
+                Err(_) => return Ok((out, true)),
+                Ok(None) => return Ok((out, false)),
+                Ok(Some(msg)) => match msg {
+                    ChannelMsg::Data { data } => out.stdout.extend_from_slice(&data),
+                    ChannelMsg::ExtendedData { data, ext: 1 } => {
+                        out.stderr.extend_from_slice(&data)
+                    }
+                    ChannelMsg::ExitStatus { exit_status } => out.exit_code = Some(exit_status),
+                    ChannelMsg::ExitSignal { signal_name, .. } => {
+                        out.signal = Some(format!("{signal_name:?}"))
+                    }
+                    _ => {}
+                },
+            }
+        }
+    }
+
     /// Runs `command` and collects its output; fails with [`SshError::Timeout`] after `timeout`.
     pub async fn exec(&self, command: &str, timeout: Duration) -> Result<ExecOutput, SshError> {
         let work = async {

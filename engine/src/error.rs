@@ -28,6 +28,9 @@ pub enum ErrorCode {
     Journal,
     /// The operation is not possible in the node's or cluster's current state.
     FailedPrecondition,
+    /// A command ran but failed on at least one node (non-zero exit or timeout) where every
+    /// node was required to succeed.
+    CommandFailed,
     /// A bug: the server reached a state it should never reach.
     Internal,
 }
@@ -45,6 +48,7 @@ impl ErrorCode {
             ErrorCode::Io => "IO",
             ErrorCode::Journal => "JOURNAL",
             ErrorCode::FailedPrecondition => "FAILED_PRECONDITION",
+            ErrorCode::CommandFailed => "COMMAND_FAILED",
             ErrorCode::Internal => "INTERNAL",
         }
     }

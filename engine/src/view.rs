@@ -107,3 +107,64 @@ pub struct NodeResult {
     /// The node after the operation.
     pub node: NodeStatus,
 }
+
+/// What a command run on a node produced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ExecResult {
+    /// Exit status; absent when the command was killed or timed out.
+    pub exit_code: Option<i64>,
+    /// The signal that killed it, if one did.
+    pub signal: Option<String>,
+    /// Standard output (capped; see `truncated`).
+    pub stdout: String,
+    /// Standard error (capped; see `truncated`).
+    pub stderr: String,
+    /// Wall-clock time of the command.
+    pub duration_ms: u64,
+    /// Whether it outlived its timeout (it was then killed on the node).
+    pub timed_out: bool,
+    /// Whether stdout or stderr was cut at the output cap.
+    pub truncated: bool,
+    /// Full size of stdout.
+    pub stdout_bytes: u64,
+    /// Full size of stderr.
+    pub stderr_bytes: u64,
+}
+
+/// The answer of `node_exec`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct NodeExecResult {
+    /// Cluster name.
+    pub cluster_name: String,
+    /// Node name.
+    pub node: String,
+    /// The command's outcome.
+    #[serde(flatten)]
+    pub exec: ExecResult,
+}
+
+/// One node's share of `node_exec_all`: a result, or why the node could not run the command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct NodeExecOutcome {
+    /// Node name.
+    pub node: String,
+    /// The outcome, when the node ran the command.
+    pub result: Option<ExecResult>,
+    /// Error code (`SSH`, `TIMEOUT`, ...), when it could not.
+    pub error_code: Option<crate::ErrorCode>,
+    /// Error message, when it could not.
+    pub error: Option<String>,
+}
+
+/// The answer of `node_exec_all`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ExecAllResult {
+    /// Cluster name.
+    pub cluster_name: String,
+    /// Per-node outcomes, in topology order.
+    pub results: Vec<NodeExecOutcome>,
+    /// Nodes that could not run the command, timed out, or exited non-zero.
+    pub failed_nodes: Vec<String>,
+    /// Whether every node exited 0.
+    pub all_succeeded: bool,
+}

@@ -135,6 +135,23 @@ impl Failure {
     }
 }
 
+impl Failure {
+    /// A failure that still carries a result (per-node outcomes of a strict multi-node call).
+    pub fn with_result<T: Serialize>(
+        error: ToolError,
+        op_id: Option<uuid::Uuid>,
+        result: &T,
+    ) -> Failure {
+        let env = Envelope {
+            success: false,
+            result: Some(result),
+            error: Some(error),
+            op_id: op_id.map(|u| u.to_string()),
+        };
+        Failure(serde_json::to_value(env).unwrap_or_default())
+    }
+}
+
 impl IntoCallToolResult for Failure {
     fn into_call_tool_result(self) -> Result<CallToolResponse, rmcp::ErrorData> {
         Ok(CallToolResult::structured_error(self.0).into())

@@ -167,3 +167,61 @@ pub fn seconds(name: &str, v: u64) -> Result<std::time::Duration, String> {
         Err(format!("{name} must be between 1 and 3600, got {v}"))
     }
 }
+
+fn exec_timeout() -> u64 {
+    30
+}
+
+/// `node_exec`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NodeExecParams {
+    /// Cluster name.
+    pub cluster_name: String,
+    /// Node name.
+    #[serde(alias = "node")]
+    pub node_name: String,
+    /// Shell command (run by `/bin/sh -c` on the node).
+    pub command: String,
+    /// Seconds before the command is killed on the node (1-3600). Default 30.
+    #[serde(default = "exec_timeout")]
+    pub timeout_s: u64,
+    /// Text fed to the command's standard input.
+    #[serde(default)]
+    pub stdin: Option<String>,
+    /// Extra environment variables.
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// Cap on each of stdout and stderr in the result, in bytes (1 to 16 MiB). Default 65536.
+    #[serde(default)]
+    pub max_output_bytes: Option<usize>,
+}
+
+/// `node_exec_all`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NodeExecAllParams {
+    /// Cluster name.
+    pub cluster_name: String,
+    /// Shell command (run by `/bin/sh -c` on every node).
+    pub command: String,
+    /// Nodes to run on (default: every node).
+    #[serde(default)]
+    pub nodes: Option<Vec<String>>,
+    /// When true (default), the call fails unless every node ran the command and exited 0;
+    /// the per-node results are returned either way.
+    #[serde(default = "yes")]
+    pub require_all: bool,
+    /// Seconds before the command is killed on a node (1-3600). Default 30.
+    #[serde(default = "exec_timeout")]
+    pub timeout_s: u64,
+    /// Text fed to the command's standard input on every node.
+    #[serde(default)]
+    pub stdin: Option<String>,
+    /// Extra environment variables.
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// Cap on each of stdout and stderr per node, in bytes (1 to 16 MiB). Default 65536.
+    #[serde(default)]
+    pub max_output_bytes: Option<usize>,
+}

@@ -19,7 +19,9 @@ impl VmclusterServer {
     pub fn new(engine: Engine) -> VmclusterServer {
         VmclusterServer {
             engine,
-            tool_router: VmclusterServer::cluster_router() + VmclusterServer::node_router(),
+            tool_router: VmclusterServer::cluster_router()
+                + VmclusterServer::node_router()
+                + VmclusterServer::exec_router(),
         }
     }
 

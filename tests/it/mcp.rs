@@ -14,7 +14,7 @@ use vmcluster_tests::McpClient;
 use crate::{Fixture, dir_names};
 
 /// The advertised contract of one tool: `(name, read_only, destructive, idempotent)`.
-const TOOLS: [(&str, bool, bool, bool); 11] = [
+const TOOLS: [(&str, bool, bool, bool); 13] = [
     ("cluster_define", false, false, true),
     ("cluster_start", false, false, true),
     ("cluster_stop", false, false, true),
@@ -26,6 +26,8 @@ const TOOLS: [(&str, bool, bool, bool); 11] = [
     ("node_start", false, false, true),
     ("node_stop", false, false, true),
     ("node_reboot", false, false, false),
+    ("node_exec", false, true, false),
+    ("node_exec_all", false, true, false),
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -281,6 +283,12 @@ async fn bad_input_is_a_typed_error_and_changes_nothing() {
         Bad { tool: "node_start", args: json!({"cluster_name": "x"}), code: "INVALID_ARGUMENT", violations: &[], says: "node_name" },
         Bad { tool: "node_stop", args: json!({"cluster_name": "x", "node_name": "n1", "timeout_s": 0}), code: "INVALID_ARGUMENT", violations: &[], says: "timeout_s" },
         Bad { tool: "node_reboot", args: json!({"cluster_name": "x", "node_name": "n1", "hard": 1}), code: "INVALID_ARGUMENT", violations: &[], says: "expected a boolean" },
+        Bad { tool: "node_exec", args: json!({"cluster_name": "x", "node_name": "n1", "command": "  "}), code: "INVALID_ARGUMENT", violations: &[], says: "command" },
+        Bad { tool: "node_exec", args: json!({"cluster_name": "x", "node_name": "n1", "command": "true", "env": {"A-B": "1"}}), code: "INVALID_ARGUMENT", violations: &[], says: "A-B" },
+        Bad { tool: "node_exec", args: json!({"cluster_name": "x", "node_name": "n1", "command": "true", "max_output_bytes": 0}), code: "INVALID_ARGUMENT", violations: &[], says: "max_output_bytes" },
+        Bad { tool: "node_exec", args: json!({"cluster_name": "ghost", "node_name": "n1", "command": "true"}), code: "NOT_FOUND", violations: &[], says: "ghost" },
+        Bad { tool: "node_exec_all", args: json!({"cluster_name": "x", "command": "true", "nodes": []}), code: "INVALID_ARGUMENT", violations: &[], says: "nodes" },
+        Bad { tool: "node_exec_all", args: json!({"cluster_name": "x", "command": "true", "timeout_s": 0}), code: "INVALID_ARGUMENT", violations: &[], says: "timeout_s" },
     ];
     let c = McpClient::spawn(&f.env()).await;
     for b in &cases {

@@ -1,4 +1,5 @@
-//! Tool groups, one `#[tool_router]` per resource: clusters and nodes.
+//! Tool groups, one `#[tool_router]` per resource: clusters, nodes, remote execution.
 
 pub mod cluster;
+pub mod exec;
 pub mod node;

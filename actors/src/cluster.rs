@@ -210,7 +210,7 @@ pub enum ClusterMsg {
         /// What to run.
         request: ExecRequest,
         /// Reply: the journaled op and each node's outcome.
-        reply: RpcReplyPort<Reply<Vec<(String, Result<vmcluster_engine::view::ExecResult>)>>>,
+        reply: RpcReplyPort<Reply<crate::exec::NodeOutcomes>>,
     },
     /// Internal: add a cluster to the registry and spawn its NodeActors.
     Register {
@@ -1500,7 +1500,7 @@ async fn exec(
     cluster: String,
     nodes: Option<Vec<String>>,
     request: ExecRequest,
-) -> Reply<Vec<(String, Result<vmcluster_engine::view::ExecResult>)>> {
+) -> Reply<crate::exec::NodeOutcomes> {
     let resolved = match ctx.resolve(&cluster).await {
         Ok(r) => r,
         Err(e) => return Reply::refused(e),

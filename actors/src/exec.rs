@@ -93,6 +93,9 @@ fn capped(bytes: &[u8], cap: usize) -> (String, bool) {
     (text, true)
 }
 
+/// Each node's outcome of a multi-node command, in request order.
+pub type NodeOutcomes = Vec<(String, Result<ExecResult>)>;
+
 /// Runs `req` over `session`; kills it on the node when it times out.
 pub async fn run(session: &SshSession, node: &str, req: &ExecRequest) -> Result<ExecResult> {
     let ssh_err = |e: crate::ssh::SshError| EngineError::Ssh {

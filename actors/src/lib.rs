@@ -203,7 +203,7 @@ impl Engine {
         cluster: &str,
         nodes: Option<Vec<String>>,
         request: exec::ExecRequest,
-    ) -> Reply<Vec<(String, Result<vmcluster_engine::view::ExecResult>)>> {
+    ) -> Reply<crate::exec::NodeOutcomes> {
         let cluster = cluster.to_owned();
         self.reply(|reply| ClusterMsg::Exec {
             cluster,

@@ -1,7 +1,7 @@
 //! Remote execution on a node: the shell wrapper that makes a command killable, output caps,
 //! and the result a tool returns.
 //!
-//! Every command runs as `exec env K=V … /bin/sh -c '<command>' vmc-exec-<id>`: the trailing
+//! Every command runs as `exec [env K=V …] /bin/sh -c '<command>' vmc-exec-<id>`: the trailing
 //! argument becomes the shell's `$0`, a unique tag in its command line. When the command
 //! outlives its timeout, a second channel finds the tagged process through `/proc` and kills it
 //! with all its descendants (`/proc/<pid>/task/*/children`), so nothing is left running on the
@@ -63,15 +63,18 @@ pub fn valid_env_name(k: &str) -> bool {
 
 /// The remote command line for `req`, tagged with `tag`.
 pub fn wrap(req: &ExecRequest, tag: &str) -> String {
+    // `env` costs one more process start, which a TCG guest feels: only use it when needed.
     let env: String = req
         .env
         .iter()
-        .map(|(k, v)| format!(" {k}={}", shell_quote(v)))
+        .map(|(k, v)| format!("{k}={} ", shell_quote(v)))
         .collect();
-    format!(
-        "exec env{env} /bin/sh -c {} {tag}",
-        shell_quote(&req.command)
-    )
+    let env = if env.is_empty() {
+        String::new()
+    } else {
+        format!("env {env}")
+    };
+    format!("exec {env}/bin/sh -c {} {tag}", shell_quote(&req.command))
 }
 
 /// The script that kills the process tagged `tag` and its descendants.
@@ -145,6 +148,11 @@ mod tests {
         assert_eq!(
             wrap(&req, "vmc-exec-t"),
             r"exec env X='1 2' /bin/sh -c 'echo '\''a b'\''' vmc-exec-t"
+        );
+        req.env.clear();
+        assert_eq!(
+            wrap(&req, "vmc-exec-t"),
+            r"exec /bin/sh -c 'echo '\''a b'\''' vmc-exec-t"
         );
     }
 

@@ -6,6 +6,7 @@
 //! rule here testable in microseconds and lets the actors own all I/O.
 
 pub mod config;
+pub mod dmesg;
 pub mod error;
 pub mod names;
 pub mod plan;

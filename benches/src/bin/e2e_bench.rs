@@ -7,7 +7,9 @@
 //! - the by-hand floor for the same boots: `virsh start` of domains defined beforehand plus a
 //!   `ssh true` poll loop every 200 ms, so each vmcluster figure is reported as a ratio;
 //! - `cluster_status` latency (p50/p99) on 3 running nodes, and again after one node was
-//!   destroyed behind the server's back.
+//!   destroyed behind the server's back;
+//! - `node_exec true` over the pooled session against a freshly spawned `ssh node true`, and
+//!   `node_exec_all true` on 3 nodes against one `node_exec`.
 //!
 //! Runs only inside the isolated test host (`scripts/bench` takes care of it).
 
@@ -16,6 +18,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use vmcluster_actors::exec::ExecRequest;
 use vmcluster_actors::{Engine, StopMode};
 use vmcluster_benches::percentiles_us;
 use vmcluster_tests::{Scratch, TopologySpec, topology_yaml};
@@ -178,6 +181,42 @@ async fn main() {
         .expect("start b3");
     let start_3 = t.elapsed();
     let (up_p50, up_p99, up_max) = status_latency(&engine, "b3", 2000).await;
+    // Exec over the pooled session, against a freshly spawned `ssh node true`.
+    let true_on = |nodes: Option<Vec<String>>| {
+        let engine = engine.clone();
+        async move {
+            let t = Instant::now();
+            let r = engine
+                .exec(
+                    "b3",
+                    nodes,
+                    ExecRequest::new("true", Duration::from_secs(30)),
+                )
+                .await;
+            for (n, out) in r.result.expect("exec") {
+                assert_eq!(
+                    out.unwrap_or_else(|e| panic!("{n}: {e}")).exit_code,
+                    Some(0)
+                );
+            }
+            t.elapsed()
+        }
+    };
+    let mut one = Vec::new();
+    let mut all = Vec::new();
+    for _ in 0..200 {
+        one.push(true_on(Some(vec!["n1".into()])).await);
+        all.push(true_on(None).await);
+    }
+    let mut fresh = Vec::new();
+    for _ in 0..20 {
+        let t = Instant::now();
+        assert!(ssh_true(&key, "192.168.133.11"), "ssh true failed");
+        fresh.push(t.elapsed());
+    }
+    let (exec_p50, exec_p99, _) = percentiles_us(&mut one);
+    let (all_p50, all_p99, _) = percentiles_us(&mut all);
+    let (ssh_p50, ssh_p99, _) = percentiles_us(&mut fresh);
     // One node destroyed behind the server's back.
     virsh(&["destroy", "b3_n3"]);
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -234,7 +273,16 @@ async fn main() {
             "three_nodes_up": { "p50": up_p50, "p99": up_p99, "max": up_max },
             "one_node_destroyed": { "p50": dead_p50, "p99": dead_p99, "max": dead_max },
         },
+        "exec_us": {
+            "node_exec_true": { "p50": exec_p50, "p99": exec_p99, "samples": 200 },
+            "node_exec_all_true_3_nodes": { "p50": all_p50, "p99": all_p99, "samples": 200 },
+            "fresh_ssh_true": { "p50": ssh_p50, "p99": ssh_p99, "samples": 20, "what": "ssh -o BatchMode=yes root@node true, a new process and connection each time" },
+            "exec_over_fresh_ssh": (exec_p50 / ssh_p50 * 1000.0).round() / 1000.0,
+            "exec_all_over_exec": (all_p50 / exec_p50 * 100.0).round() / 100.0,
+        },
         "targets": {
+            "node_exec_le_0.1x_fresh_ssh": exec_p50 <= 0.1 * ssh_p50,
+            "node_exec_all_3_le_1.3x_node_exec": all_p50 <= 1.3 * exec_p50,
             "cluster_status_p50_le_2ms": up_p50 <= 2000.0 && dead_p50 <= 2000.0,
             "start_3_le_1.25x_start_1": start_3.as_secs_f64() <= 1.25 * start_1.as_secs_f64(),
             "define_3_le_1s": define_3.as_secs_f64() <= 1.0,

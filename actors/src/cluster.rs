@@ -212,6 +212,17 @@ pub enum ClusterMsg {
         /// Reply: the journaled op and each node's outcome.
         reply: RpcReplyPort<Reply<crate::exec::NodeOutcomes>>,
     },
+    /// `node_console`: the end of a node's serial console log (works with SSH dead).
+    Console {
+        /// Cluster.
+        cluster: String,
+        /// Node.
+        node: String,
+        /// How many lines.
+        lines: usize,
+        /// Reply.
+        reply: RpcReplyPort<Result<vmcluster_engine::view::ConsoleTail>>,
+    },
     /// Internal: add a cluster to the registry and spawn its NodeActors.
     Register {
         /// The validated cluster.
@@ -455,6 +466,31 @@ impl Actor for ClusterActor {
                 let ctx = st.ctx.clone();
                 tokio::spawn(async move {
                     let _ = reply.send(exec(ctx, cluster, nodes, request).await);
+                });
+            }
+            ClusterMsg::Console { cluster, node, lines, reply } => {
+                let res = self.entry(st, &cluster).and_then(|e| {
+                    e.spec.node(&node).map(|n| (e.spec.name.clone(), n.console_log.clone())).ok_or_else(|| {
+                        EngineError::NotFound { kind: "node", name: node.clone() }
+                    })
+                });
+                tokio::spawn(async move {
+                    let res = match res {
+                        Ok((cluster_name, path)) => {
+                            let p = path.clone();
+                            tokio::task::spawn_blocking(move || host::console_tail(&p, lines))
+                                .await
+                                .map_err(|e| EngineError::Internal(e.to_string()))
+                                .map(|text| vmcluster_engine::view::ConsoleTail {
+                                    cluster_name,
+                                    node,
+                                    path: path.display().to_string(),
+                                    lines: text.lines().map(str::to_owned).collect(),
+                                })
+                        }
+                        Err(e) => Err(e),
+                    };
+                    let _ = reply.send(res);
                 });
             }
             ClusterMsg::Register { spec, reply } => {

@@ -107,10 +107,18 @@ pub async fn run(session: &SshSession, node: &str, req: &ExecRequest) -> Result<
     };
     let tag = format!("vmc-exec-{}", uuid::Uuid::new_v4().simple());
     let started = std::time::Instant::now();
-    let (out, timed_out) = session
-        .run(&wrap(req, &tag), req.stdin.as_deref(), req.timeout)
-        .await
-        .map_err(ssh_err)?;
+    let command = wrap(req, &tag);
+    let mut attempt = 0;
+    let (out, timed_out) = loop {
+        match session.run(&command, req.stdin.as_deref(), req.timeout).await {
+            // The command never started: retrying cannot run it twice.
+            Err(crate::ssh::SshError::NotStarted) if attempt < 3 => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
+            }
+            other => break other.map_err(ssh_err)?,
+        }
+    };
     if timed_out {
         // Best effort within a short budget: the node may be too sick to answer.
         let _ = session

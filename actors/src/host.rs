@@ -245,11 +245,23 @@ pub fn remove_file(path: &Path) -> Result<()> {
 
 /// The last `lines` lines of a console log (empty when there is none yet).
 pub fn console_tail(path: &Path, lines: usize) -> String {
-    let Ok(bytes) = std::fs::read(path) else {
+    use std::io::{Read, Seek, SeekFrom};
+    // The log keeps every boot (append mode): read only its end.
+    const WINDOW: u64 = 256 * 1024;
+    let Ok(mut f) = std::fs::File::open(path) else {
         return String::new();
     };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut bytes = Vec::new();
+    if f.seek(SeekFrom::Start(len.saturating_sub(WINDOW))).is_err() || f.read_to_end(&mut bytes).is_err() {
+        return String::new();
+    }
     let text = String::from_utf8_lossy(&bytes);
-    let all: Vec<&str> = text.lines().collect();
+    // Console output ends lines with \r\n and may carry terminal escapes: keep printable text.
+    let all: Vec<String> = text
+        .lines()
+        .map(|l| l.chars().filter(|c| !c.is_control() || *c == '\t').collect::<String>())
+        .collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 

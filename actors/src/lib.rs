@@ -214,6 +214,12 @@ impl Engine {
         .await
     }
 
+    /// `node_console`: the last `lines` lines of a node's serial console.
+    pub async fn console(&self, cluster: &str, node: &str, lines: usize) -> Result<vmcluster_engine::view::ConsoleTail> {
+        let (cluster, node) = (cluster.to_owned(), node.to_owned());
+        ask(&self.cluster, |reply| ClusterMsg::Console { cluster, node, lines, reply }, None).await?
+    }
+
     /// `node_crash`, `node_start`, `node_stop`, `node_reboot`.
     pub async fn node(&self, cluster: &str, node: &str, op: NodeOp) -> Reply<NodeResult> {
         let (cluster, node) = (cluster.to_owned(), node.to_owned());

@@ -38,6 +38,9 @@ pub enum SshError {
     /// The protocol failed after connecting.
     #[error("{0}")]
     Protocol(String),
+    /// The channel closed, or the server refused the request, before the command started.
+    #[error("the server closed the channel before the command started")]
+    NotStarted,
     /// A command outlived its timeout.
     #[error("command timed out after {0:?}")]
     Timeout(Duration),
@@ -219,18 +222,32 @@ impl SshSession {
             .await
             .map_err(|e| SshError::Protocol(format!("stdin eof: {e}")))?;
         let mut out = ExecOutput::default();
+        // Whether the server confirmed the command started (or produced anything): a channel
+        // that dies before that never ran the command, so running it again is safe.
+        let mut started = false;
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             match tokio::time::timeout_at(deadline, ch.wait()).await {
                 Err(_) => return Ok((out, true)),
+                Ok(None) if !started => return Err(SshError::NotStarted),
                 Ok(None) => return Ok((out, false)),
                 Ok(Some(msg)) => match msg {
-                    ChannelMsg::Data { data } => out.stdout.extend_from_slice(&data),
+                    ChannelMsg::Success => started = true,
+                    ChannelMsg::Failure if !started => return Err(SshError::NotStarted),
+                    ChannelMsg::Data { data } => {
+                        started = true;
+                        out.stdout.extend_from_slice(&data)
+                    }
                     ChannelMsg::ExtendedData { data, ext: 1 } => {
+                        started = true;
                         out.stderr.extend_from_slice(&data)
                     }
-                    ChannelMsg::ExitStatus { exit_status } => out.exit_code = Some(exit_status),
+                    ChannelMsg::ExitStatus { exit_status } => {
+                        started = true;
+                        out.exit_code = Some(exit_status)
+                    }
                     ChannelMsg::ExitSignal { signal_name, .. } => {
+                        started = true;
                         out.signal = Some(format!("{signal_name:?}"))
                     }
                     _ => {}

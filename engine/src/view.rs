@@ -168,3 +168,16 @@ pub struct ExecAllResult {
     /// Whether every node exited 0.
     pub all_succeeded: bool,
 }
+
+/// The end of a node's serial console log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ConsoleTail {
+    /// Cluster name.
+    pub cluster_name: String,
+    /// Node name.
+    pub node: String,
+    /// The log file on the host.
+    pub path: String,
+    /// The last lines, oldest first.
+    pub lines: Vec<String>,
+}

@@ -225,3 +225,21 @@ pub struct NodeExecAllParams {
     #[serde(default)]
     pub max_output_bytes: Option<usize>,
 }
+
+fn console_lines() -> usize {
+    50
+}
+
+/// `node_console`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConsoleParams {
+    /// Cluster name.
+    pub cluster_name: String,
+    /// Node name.
+    #[serde(alias = "node")]
+    pub node_name: String,
+    /// How many of the last lines to return (1-5000). Default 50.
+    #[serde(default = "console_lines")]
+    pub lines: usize,
+}

@@ -21,7 +21,8 @@ impl VmclusterServer {
             engine,
             tool_router: VmclusterServer::cluster_router()
                 + VmclusterServer::node_router()
-                + VmclusterServer::exec_router(),
+                + VmclusterServer::exec_router()
+                + VmclusterServer::observe_router(),
         }
     }
 

@@ -143,6 +143,33 @@ async fn exec_on_one_node_and_on_all() {
     assert_eq!(nonzero.code(), "COMMAND_FAILED");
     assert_eq!(nonzero.envelope["result"]["failed_nodes"], json!(["n2"]));
 
+    // The serial console stays readable once the guest's network is gone.
+    let mut down = exec(
+        "n2",
+        "echo vmc-console-probe-42 > /dev/console; (sleep 1; ip link set eth0 down) >/dev/null 2>&1 &",
+    );
+    down["timeout_s"] = json!(5);
+    c.call("node_exec", down).await.ok();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let probe = c.call("node_exec", exec("n2", "true")).await;
+        if probe.is_error {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "n2's network never went down");
+    }
+    let console = c
+        .call("node_console", json!({"cluster_name": name, "node_name": "n2", "lines": 200}))
+        .await;
+    let lines: Vec<String> = console.ok()["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap().to_owned())
+        .collect();
+    assert!(lines.iter().any(|l| l.contains("vmc-console-probe-42")), "{lines:?}");
+    assert!(lines.iter().any(|l| l.contains("vmcluster-guest: READY")), "{lines:?}");
+
     c.call(
         "cluster_destroy",
         json!({"cluster_name": name, "remove_overlays": true}),

@@ -14,7 +14,7 @@ use vmcluster_tests::McpClient;
 use crate::{Fixture, dir_names};
 
 /// The advertised contract of one tool: `(name, read_only, destructive, idempotent)`.
-const TOOLS: [(&str, bool, bool, bool); 13] = [
+const TOOLS: [(&str, bool, bool, bool); 14] = [
     ("cluster_define", false, false, true),
     ("cluster_start", false, false, true),
     ("cluster_stop", false, false, true),
@@ -28,6 +28,7 @@ const TOOLS: [(&str, bool, bool, bool); 13] = [
     ("node_reboot", false, false, false),
     ("node_exec", false, true, false),
     ("node_exec_all", false, true, false),
+    ("node_console", true, false, true),
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,6 @@
-//! Tool groups, one `#[tool_router]` per resource: clusters, nodes, remote execution.
+//! Tool groups, one `#[tool_router]` per resource: clusters, nodes, remote execution, observability.
 
 pub mod cluster;
 pub mod exec;
+pub mod observe;
 pub mod node;

@@ -212,6 +212,21 @@ pub enum ClusterMsg {
         /// Reply: the journaled op and each node's outcome.
         reply: RpcReplyPort<Reply<crate::exec::NodeOutcomes>>,
     },
+    /// `dmesg_collect`: each chosen node's kernel log after a marker or its cursor.
+    Dmesg {
+        /// Cluster.
+        cluster: String,
+        /// Nodes (`None`: all).
+        nodes: Option<Vec<String>>,
+        /// Marker id from `dmesg_mark`.
+        marker: Option<String>,
+        /// Severity filter.
+        filter: vmcluster_engine::dmesg::FilterLevel,
+        /// Cap per node.
+        max_lines: usize,
+        /// Reply.
+        reply: RpcReplyPort<Result<Vec<(String, Result<vmcluster_engine::dmesg::Collected>)>>>,
+    },
     /// `node_console`: the end of a node's serial console log (works with SSH dead).
     Console {
         /// Cluster.
@@ -468,11 +483,52 @@ impl Actor for ClusterActor {
                     let _ = reply.send(exec(ctx, cluster, nodes, request).await);
                 });
             }
-            ClusterMsg::Console { cluster, node, lines, reply } => {
+            ClusterMsg::Dmesg {
+                cluster,
+                nodes,
+                marker,
+                filter,
+                max_lines,
+                reply,
+            } => {
+                let targets = self
+                    .entry(st, &cluster)
+                    .and_then(|e| select_nodes(e, nodes.as_deref()));
+                tokio::spawn(async move {
+                    let res = match targets {
+                        Ok(t) => Ok(join_all(t.into_iter().map(|(n, a)| {
+                            let marker = marker.clone();
+                            async move {
+                                let r = ask_node(&a, |reply| NodeMsg::Dmesg {
+                                    marker,
+                                    filter,
+                                    max_lines,
+                                    reply,
+                                })
+                                .await;
+                                (n, r)
+                            }
+                        }))
+                        .await),
+                        Err(e) => Err(e),
+                    };
+                    let _ = reply.send(res);
+                });
+            }
+            ClusterMsg::Console {
+                cluster,
+                node,
+                lines,
+                reply,
+            } => {
                 let res = self.entry(st, &cluster).and_then(|e| {
-                    e.spec.node(&node).map(|n| (e.spec.name.clone(), n.console_log.clone())).ok_or_else(|| {
-                        EngineError::NotFound { kind: "node", name: node.clone() }
-                    })
+                    e.spec
+                        .node(&node)
+                        .map(|n| (e.spec.name.clone(), n.console_log.clone()))
+                        .ok_or_else(|| EngineError::NotFound {
+                            kind: "node",
+                            name: node.clone(),
+                        })
                 });
                 tokio::spawn(async move {
                     let res = match res {
@@ -685,6 +741,27 @@ impl ClusterActor {
                 .collect(),
         }
     }
+}
+
+/// The chosen nodes of a cluster (all when `None`), in the order asked, as actor handles.
+fn select_nodes(
+    e: &ClusterEntry,
+    nodes: Option<&[String]>,
+) -> Result<Vec<(String, ActorRef<NodeMsg>)>> {
+    let names: Vec<String> = match nodes {
+        Some(n) => n.to_vec(),
+        None => e.spec.nodes.iter().map(|n| n.name.clone()).collect(),
+    };
+    names
+        .into_iter()
+        .map(|n| match e.nodes.get(&n) {
+            Some(ne) => Ok((n, ne.actor.clone())),
+            None => Err(EngineError::NotFound {
+                kind: "node",
+                name: n,
+            }),
+        })
+        .collect()
 }
 
 fn status_of(e: &ClusterEntry) -> ClusterStatus {

@@ -110,7 +110,10 @@ pub async fn run(session: &SshSession, node: &str, req: &ExecRequest) -> Result<
     let command = wrap(req, &tag);
     let mut attempt = 0;
     let (out, timed_out) = loop {
-        match session.run(&command, req.stdin.as_deref(), req.timeout).await {
+        match session
+            .run(&command, req.stdin.as_deref(), req.timeout)
+            .await
+        {
             // The command never started: retrying cannot run it twice.
             Err(crate::ssh::SshError::NotStarted) if attempt < 3 => {
                 attempt += 1;

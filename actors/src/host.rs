@@ -253,14 +253,20 @@ pub fn console_tail(path: &Path, lines: usize) -> String {
     };
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
     let mut bytes = Vec::new();
-    if f.seek(SeekFrom::Start(len.saturating_sub(WINDOW))).is_err() || f.read_to_end(&mut bytes).is_err() {
+    if f.seek(SeekFrom::Start(len.saturating_sub(WINDOW))).is_err()
+        || f.read_to_end(&mut bytes).is_err()
+    {
         return String::new();
     }
     let text = String::from_utf8_lossy(&bytes);
     // Console output ends lines with \r\n and may carry terminal escapes: keep printable text.
     let all: Vec<String> = text
         .lines()
-        .map(|l| l.chars().filter(|c| !c.is_control() || *c == '\t').collect::<String>())
+        .map(|l| {
+            l.chars()
+                .filter(|c| !c.is_control() || *c == '\t')
+                .collect::<String>()
+        })
         .collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }

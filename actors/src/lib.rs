@@ -214,10 +214,67 @@ impl Engine {
         .await
     }
 
+    /// `dmesg_mark`: writes one fresh marker into the kernel log of each chosen node (all when
+    /// `None`). Returns the marker id and each node's outcome.
+    pub async fn dmesg_mark(
+        &self,
+        cluster: &str,
+        nodes: Option<Vec<String>>,
+    ) -> (String, Reply<exec::NodeOutcomes>) {
+        let id = format!("{}", uuid::Uuid::now_v7().simple());
+        let line = vmcluster_engine::dmesg::marker_line(&id);
+        let request = exec::ExecRequest::new(
+            format!("printf '%s\\n' {} > /dev/kmsg", exec::shell_quote(&line)),
+            Duration::from_secs(20),
+        );
+        (id, self.exec(cluster, nodes, request).await)
+    }
+
+    /// `dmesg_collect`: each chosen node's kernel log after `marker` (or after what the last
+    /// collect returned), filtered and capped.
+    pub async fn dmesg_collect(
+        &self,
+        cluster: &str,
+        nodes: Option<Vec<String>>,
+        marker: Option<String>,
+        filter: vmcluster_engine::dmesg::FilterLevel,
+        max_lines: usize,
+    ) -> Result<Vec<(String, Result<vmcluster_engine::dmesg::Collected>)>> {
+        let cluster = cluster.to_owned();
+        ask(
+            &self.cluster,
+            |reply| ClusterMsg::Dmesg {
+                cluster,
+                nodes,
+                marker,
+                filter,
+                max_lines,
+                reply,
+            },
+            None,
+        )
+        .await?
+    }
+
     /// `node_console`: the last `lines` lines of a node's serial console.
-    pub async fn console(&self, cluster: &str, node: &str, lines: usize) -> Result<vmcluster_engine::view::ConsoleTail> {
+    pub async fn console(
+        &self,
+        cluster: &str,
+        node: &str,
+        lines: usize,
+    ) -> Result<vmcluster_engine::view::ConsoleTail> {
         let (cluster, node) = (cluster.to_owned(), node.to_owned());
-        ask(&self.cluster, |reply| ClusterMsg::Console { cluster, node, lines, reply }, None).await?
+        ask(
+            &self.cluster,
+            |reply| ClusterMsg::Console {
+                cluster,
+                node,
+                lines,
+                reply,
+            },
+            None,
+        )
+        .await?
     }
 
     /// `node_crash`, `node_start`, `node_stop`, `node_reboot`.

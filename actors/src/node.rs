@@ -23,6 +23,7 @@ use crate::exec::ExecRequest;
 use crate::host;
 use crate::libvirt::{DomainEvent, Virt};
 use crate::ssh::{SshError, SshSession, SshTarget, tcp_probe};
+use vmcluster_engine::dmesg::{self, Collected, FilterLevel, Since};
 use vmcluster_engine::view::ExecResult;
 
 /// What the rest of the server can see of a node at any instant.
@@ -102,6 +103,24 @@ pub enum NodeMsg {
     },
     /// A lifecycle event for this node's domain.
     Domain(DomainEvent),
+    /// Read the kernel log and select lines (after `since`, or after this node's dmesg cursor).
+    Dmesg {
+        /// A marker written by `dmesg_mark`; `None` means "since the last collect".
+        marker: Option<String>,
+        /// Severity filter.
+        filter: FilterLevel,
+        /// Cap on returned lines.
+        max_lines: usize,
+        /// Reply.
+        reply: RpcReplyPort<Result<Collected>>,
+    },
+    /// Moves the dmesg cursor of boot `generation` forward to `micros`.
+    DmesgCursor {
+        /// Boot generation the reading belongs to.
+        generation: u64,
+        /// Timestamp of the last line returned.
+        micros: u64,
+    },
     /// A report from the readiness probe of boot `generation`.
     Probe {
         /// Boot generation the probe belongs to.
@@ -134,6 +153,9 @@ pub struct NodeState {
     probe: Option<tokio::task::JoinHandle<()>>,
     session: Option<Arc<SshSession>>,
     ready_timeout: Duration,
+    /// Timestamp (µs) of the last kernel-log line returned by a collect in this boot; a new
+    /// boot starts the log (and the cursor) afresh.
+    dmesg_cursor: Option<u64>,
     /// Bounds concurrent channels on the node's connection (OpenSSH allows 10 by default).
     channels: Arc<tokio::sync::Semaphore>,
 }
@@ -181,6 +203,7 @@ impl Actor for NodeActor {
             session: None,
             ready_timeout,
             channels: Arc::new(tokio::sync::Semaphore::new(MAX_CHANNELS)),
+            dmesg_cursor: None,
         };
         // libvirt is the truth for live state: read it before answering anything.
         self.on_refresh(&me, &mut st).await;
@@ -217,6 +240,17 @@ impl Actor for NodeActor {
                 reply,
             } => self.on_reboot(&me, st, hard, ready_timeout, reply).await,
             NodeMsg::Exec { request, reply } => self.on_exec(&me, st, request, reply),
+            NodeMsg::Dmesg {
+                marker,
+                filter,
+                max_lines,
+                reply,
+            } => self.on_dmesg(&me, st, marker, filter, max_lines, reply),
+            NodeMsg::DmesgCursor { generation, micros } => {
+                if generation == st.snap().generation {
+                    st.dmesg_cursor = Some(micros);
+                }
+            }
             NodeMsg::Refresh { reply } => {
                 self.on_refresh(&me, st).await;
                 if let Some(r) = reply {
@@ -273,6 +307,7 @@ impl NodeActor {
             p.abort();
         }
         st.session = None;
+        st.dmesg_cursor = None;
         st.tx.send_modify(|snap| {
             snap.phase = Readiness::Down;
             snap.generation += 1;
@@ -285,6 +320,7 @@ impl NodeActor {
             p.abort();
         }
         st.session = None;
+        st.dmesg_cursor = None;
         st.tx.send_modify(|snap| {
             snap.generation += 1;
             snap.phase = Readiness::DomainRunning;
@@ -494,6 +530,62 @@ impl NodeActor {
                 },
             };
             let _ = reply.send(crate::exec::run(&session, &node, &request).await);
+        });
+    }
+
+    fn on_dmesg(
+        &self,
+        me: &ActorRef<NodeMsg>,
+        st: &NodeState,
+        marker: Option<String>,
+        filter: FilterLevel,
+        max_lines: usize,
+        reply: RpcReplyPort<Result<Collected>>,
+    ) {
+        let generation = st.snap().generation;
+        let cursor = st.dmesg_cursor;
+        let node = st.args.node.clone();
+        let me2 = me.clone();
+        // The raw log comes through the normal exec path (pooled session, channel limit).
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let request = ExecRequest {
+            output_cap: 16 * 1024 * 1024,
+            ..ExecRequest::new("dmesg -r", Duration::from_secs(30))
+        };
+        self.on_exec(me, st, request, RpcReplyPort::from(tx));
+        tokio::spawn(async move {
+            let res = async {
+                let out = rx
+                    .await
+                    .map_err(|_| EngineError::Internal("exec reply dropped".into()))??;
+                if out.exit_code != Some(0) {
+                    return Err(EngineError::Ssh {
+                        node: node.clone(),
+                        message: format!(
+                            "`dmesg -r` exited with {:?}: {}",
+                            out.exit_code,
+                            out.stderr.trim()
+                        ),
+                    });
+                }
+                let lines = dmesg::parse(&out.stdout);
+                let since = match (&marker, cursor) {
+                    (Some(m), _) => Since::Marker(m),
+                    (None, Some(c)) => Since::After(c),
+                    (None, None) => Since::Start,
+                };
+                dmesg::select(&lines, since, filter, max_lines).map_err(|e| EngineError::NotFound {
+                    kind: "marker",
+                    name: format!("{} on node {node}", e.marker),
+                })
+            }
+            .await;
+            if let Ok(c) = &res
+                && let Some(micros) = c.last_micros
+            {
+                let _ = me2.cast(NodeMsg::DmesgCursor { generation, micros });
+            }
+            let _ = reply.send(res);
         });
     }
 

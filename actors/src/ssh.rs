@@ -107,6 +107,9 @@ impl client::Handler for Client {
 pub struct SshSession {
     handle: client::Handle<Client>,
     host_key: Option<PublicKey>,
+    /// Set when the server stopped answering (a channel could not even be opened in time): the
+    /// TCP connection may look alive for a while, but the owner must reconnect.
+    stalled: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for SshSession {
@@ -183,12 +186,16 @@ impl SshSession {
             });
         }
         let host_key = seen_key.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        Ok(SshSession { handle, host_key })
+        Ok(SshSession {
+            handle,
+            host_key,
+            stalled: std::sync::atomic::AtomicBool::new(false),
+        })
     }
 
     /// Whether the connection is gone.
     pub fn is_closed(&self) -> bool {
-        self.handle.is_closed()
+        self.handle.is_closed() || self.stalled.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The server's host key in OpenSSH format.
@@ -205,27 +212,40 @@ impl SshSession {
         stdin: Option<&[u8]>,
         timeout: Duration,
     ) -> Result<(ExecOutput, bool), SshError> {
-        let mut ch = self
-            .handle
-            .channel_open_session()
-            .await
-            .map_err(|e| SshError::Protocol(format!("open channel: {e}")))?;
-        ch.exec(true, command)
-            .await
-            .map_err(|e| SshError::Protocol(format!("exec: {e}")))?;
-        if let Some(input) = stdin {
-            ch.data(input)
+        let deadline = tokio::time::Instant::now() + timeout;
+        let setup = async {
+            let ch = self
+                .handle
+                .channel_open_session()
                 .await
-                .map_err(|e| SshError::Protocol(format!("stdin: {e}")))?;
-        }
-        ch.eof()
-            .await
-            .map_err(|e| SshError::Protocol(format!("stdin eof: {e}")))?;
+                .map_err(|e| SshError::Protocol(format!("open channel: {e}")))?;
+            ch.exec(true, command)
+                .await
+                .map_err(|e| SshError::Protocol(format!("exec: {e}")))?;
+            if let Some(input) = stdin {
+                ch.data(input)
+                    .await
+                    .map_err(|e| SshError::Protocol(format!("stdin: {e}")))?;
+            }
+            ch.eof()
+                .await
+                .map_err(|e| SshError::Protocol(format!("stdin eof: {e}")))?;
+            Ok::<_, SshError>(ch)
+        };
+        let mut ch = match tokio::time::timeout_at(deadline, setup).await {
+            Ok(r) => r?,
+            Err(_) => {
+                self.stalled
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                return Err(SshError::Protocol(format!(
+                    "the node's SSH server did not answer within {timeout:?}; the connection is dropped"
+                )));
+            }
+        };
         let mut out = ExecOutput::default();
         // Whether the server confirmed the command started (or produced anything): a channel
         // that dies before that never ran the command, so running it again is safe.
         let mut started = false;
-        let deadline = tokio::time::Instant::now() + timeout;
         loop {
             match tokio::time::timeout_at(deadline, ch.wait()).await {
                 Err(_) => return Ok((out, true)),

@@ -181,3 +181,40 @@ pub struct ConsoleTail {
     /// The last lines, oldest first.
     pub lines: Vec<String>,
 }
+
+/// The answer of `dmesg_mark`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct DmesgMarkResult {
+    /// Cluster name.
+    pub cluster_name: String,
+    /// The marker, to pass as `since_marker` to `dmesg_collect`.
+    pub marker: String,
+    /// Nodes whose kernel log now holds it.
+    pub nodes: Vec<String>,
+}
+
+/// One node's kernel log selection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct NodeDmesg {
+    /// Node name.
+    pub node: String,
+    /// The selected lines, oldest first, each classified.
+    pub lines: Vec<crate::dmesg::KmsgLine>,
+    /// Lines that matched before the cap.
+    pub matched: usize,
+    /// Whether the cap cut the selection.
+    pub truncated: bool,
+    /// Reports per class (panic, oops, bug, warning, kasan, ...) among the matched lines.
+    pub counts: std::collections::BTreeMap<crate::dmesg::Class, usize>,
+    /// Kernel timestamp (µs) of the last line returned: the node's new cursor.
+    pub cursor: Option<u64>,
+}
+
+/// The answer of `dmesg_collect`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct DmesgCollectResult {
+    /// Cluster name.
+    pub cluster_name: String,
+    /// Per-node selections, in the order asked.
+    pub nodes: Vec<NodeDmesg>,
+}

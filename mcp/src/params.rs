@@ -243,3 +243,39 @@ pub struct NodeConsoleParams {
     #[serde(default = "console_lines")]
     pub lines: usize,
 }
+
+fn dmesg_max_lines() -> usize {
+    500
+}
+
+/// `dmesg_mark`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DmesgMarkParams {
+    /// Cluster name.
+    pub cluster_name: String,
+    /// Nodes to mark (default: every node).
+    #[serde(default)]
+    pub nodes: Option<Vec<String>>,
+}
+
+/// `dmesg_collect`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DmesgCollectParams {
+    /// Cluster name.
+    pub cluster_name: String,
+    /// Nodes to read (default: every node).
+    #[serde(default)]
+    pub nodes: Option<Vec<String>>,
+    /// Marker returned by `dmesg_mark`: only lines after it. Without it, only lines that are new
+    /// since the previous collect on that node (in the current boot).
+    #[serde(default)]
+    pub since_marker: Option<String>,
+    /// `all` (default), `warn+` or `err+`.
+    #[serde(default)]
+    pub filter_level: vmcluster_engine::dmesg::FilterLevel,
+    /// Cap on lines per node (1-10000). Default 500.
+    #[serde(default = "dmesg_max_lines")]
+    pub max_lines: usize,
+}

@@ -22,7 +22,8 @@ impl VmclusterServer {
             tool_router: VmclusterServer::cluster_router()
                 + VmclusterServer::node_router()
                 + VmclusterServer::exec_router()
-                + VmclusterServer::observe_router(),
+                + VmclusterServer::observe_router()
+                + VmclusterServer::dmesg_router(),
         }
     }
 

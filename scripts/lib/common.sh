@@ -56,7 +56,9 @@ vmc_since() { awk -v t0="$1" -v t1="$(date +%s.%N)" 'BEGIN { printf "%.2f", t1 -
 
 # Repository root: the parent of the directory holding this file's parent
 # (scripts/lib/common.sh -> scripts/ -> repo). Works wherever the caller is run from.
+# shellcheck disable=SC2034  # used by the scripts that source this file
 VMC_REPO_ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/../.." && pwd -P)
+# shellcheck disable=SC2034
 VMC_CACHE=${VMCLUSTER_CACHE:-/var/cache/vmcluster}
 
 # Make sure the rust toolchain installed by rustup is reachable even when the

@@ -143,23 +143,110 @@ async fn exec_on_one_node_and_on_all() {
     assert_eq!(nonzero.code(), "COMMAND_FAILED");
     assert_eq!(nonzero.envelope["result"]["failed_nodes"], json!(["n2"]));
 
+    // Kernel evidence: a planted WARNING after a marker is classified; a collect without a marker
+    // returns only what is new since the previous one.
+    let mark = c
+        .call(
+            "dmesg_mark",
+            json!({"cluster_name": name, "nodes": ["n1", "n2"]}),
+        )
+        .await;
+    let marker = mark.ok()["marker"].as_str().unwrap().to_owned();
+    let plant = "echo '<4>WARNING: CPU: 0 PID: 1 at vmc/test.c:1 planted+0x0/0x1' > /dev/kmsg";
+    c.call("node_exec", exec("n1", plant)).await.ok();
+    let collected = c
+        .call(
+            "dmesg_collect",
+            json!({"cluster_name": name, "nodes": ["n1", "n2"], "since_marker": marker, "filter_level": "warn+"}),
+        )
+        .await;
+    let nodes = collected.ok()["nodes"].as_array().unwrap().clone();
+    assert_eq!(nodes[0]["counts"]["warning"], 1, "{}", nodes[0]);
+    let planted = nodes[0]["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["text"].as_str().unwrap().contains("planted"));
+    let planted = planted.unwrap_or_else(|| panic!("no planted line: {}", nodes[0]));
+    assert_eq!(
+        (planted["class"].as_str(), planted["severity"].as_str()),
+        (Some("warning"), Some("warning"))
+    );
+    assert!(
+        nodes[1]["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| !l["text"].as_str().unwrap().contains("planted"))
+    );
+    c.call(
+        "node_exec",
+        exec("n1", "echo '<6>vmc-fresh-line' > /dev/kmsg"),
+    )
+    .await
+    .ok();
+    let fresh = c
+        .call(
+            "dmesg_collect",
+            json!({"cluster_name": name, "nodes": ["n1"]}),
+        )
+        .await;
+    let texts: Vec<String> = fresh.ok()["nodes"][0]["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["text"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(texts.iter().any(|t| t == "vmc-fresh-line"), "{texts:?}");
+    assert!(
+        !texts.iter().any(|t| t.contains("planted")),
+        "the cursor must skip what was already returned: {texts:?}"
+    );
+    let again = c
+        .call(
+            "dmesg_collect",
+            json!({"cluster_name": name, "nodes": ["n1"]}),
+        )
+        .await;
+    let again = again.ok()["nodes"][0]["lines"].as_array().unwrap().clone();
+    assert!(
+        !again.iter().any(|l| l["text"] == "vmc-fresh-line"),
+        "{again:?}"
+    );
+    let missing = c
+        .call(
+            "dmesg_collect",
+            json!({"cluster_name": name, "nodes": ["n1"], "since_marker": "no-such-marker"}),
+        )
+        .await;
+    assert_eq!(missing.code(), "NOT_FOUND", "{}", missing.envelope);
+
     // The serial console stays readable once the guest's network is gone.
     let mut down = exec(
         "n2",
-        "echo vmc-console-probe-42 > /dev/console; (sleep 1; ip link set eth0 down) >/dev/null 2>&1 &",
+        "echo vmc-console-probe-42 > /dev/console; setsid sh -c 'sleep 1; ip link set eth0 down' </dev/null >/dev/null 2>&1 &",
     );
     down["timeout_s"] = json!(5);
     c.call("node_exec", down).await.ok();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
-        let probe = c.call("node_exec", exec("n2", "true")).await;
-        if probe.is_error {
+        let mut args = exec("n2", "true");
+        args["timeout_s"] = json!(3);
+        let probe = c.call("node_exec", args).await;
+        // The old connection may hang rather than fail: a timeout counts as "unreachable" too.
+        if probe.is_error || probe.envelope["result"]["timed_out"] == true {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "n2's network never went down");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "n2's network never went down"
+        );
     }
     let console = c
-        .call("node_console", json!({"cluster_name": name, "node_name": "n2", "lines": 200}))
+        .call(
+            "node_console",
+            json!({"cluster_name": name, "node_name": "n2", "lines": 200}),
+        )
         .await;
     let lines: Vec<String> = console.ok()["lines"]
         .as_array()
@@ -167,8 +254,14 @@ async fn exec_on_one_node_and_on_all() {
         .iter()
         .map(|l| l.as_str().unwrap().to_owned())
         .collect();
-    assert!(lines.iter().any(|l| l.contains("vmc-console-probe-42")), "{lines:?}");
-    assert!(lines.iter().any(|l| l.contains("vmcluster-guest: READY")), "{lines:?}");
+    assert!(
+        lines.iter().any(|l| l.contains("vmc-console-probe-42")),
+        "{lines:?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("vmcluster-guest: READY")),
+        "{lines:?}"
+    );
 
     c.call(
         "cluster_destroy",

@@ -14,7 +14,7 @@ use vmcluster_tests::McpClient;
 use crate::{Fixture, dir_names};
 
 /// The advertised contract of one tool: `(name, read_only, destructive, idempotent)`.
-const TOOLS: [(&str, bool, bool, bool); 14] = [
+const TOOLS: [(&str, bool, bool, bool); 16] = [
     ("cluster_define", false, false, true),
     ("cluster_start", false, false, true),
     ("cluster_stop", false, false, true),
@@ -29,6 +29,8 @@ const TOOLS: [(&str, bool, bool, bool); 14] = [
     ("node_exec", false, true, false),
     ("node_exec_all", false, true, false),
     ("node_console", true, false, true),
+    ("dmesg_mark", false, false, false),
+    ("dmesg_collect", true, false, false),
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

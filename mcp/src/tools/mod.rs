@@ -2,5 +2,5 @@
 
 pub mod cluster;
 pub mod exec;
-pub mod observe;
 pub mod node;
+pub mod observe;

@@ -225,7 +225,7 @@ pub enum ClusterMsg {
         /// Cap per node.
         max_lines: usize,
         /// Reply.
-        reply: RpcReplyPort<Result<Vec<(String, Result<vmcluster_engine::dmesg::Collected>)>>>,
+        reply: RpcReplyPort<Result<crate::exec::NodeCollections>>,
     },
     /// `node_console`: the end of a node's serial console log (works with SSH dead).
     Console {

@@ -99,6 +99,9 @@ fn capped(bytes: &[u8], cap: usize) -> (String, bool) {
 /// Each node's outcome of a multi-node command, in request order.
 pub type NodeOutcomes = Vec<(String, Result<ExecResult>)>;
 
+/// Each node's kernel-log selection of a `dmesg_collect`, in request order.
+pub type NodeCollections = Vec<(String, Result<vmcluster_engine::dmesg::Collected>)>;
+
 /// Runs `req` over `session`; kills it on the node when it times out.
 pub async fn run(session: &SshSession, node: &str, req: &ExecRequest) -> Result<ExecResult> {
     let ssh_err = |e: crate::ssh::SshError| EngineError::Ssh {

@@ -239,7 +239,7 @@ impl Engine {
         marker: Option<String>,
         filter: vmcluster_engine::dmesg::FilterLevel,
         max_lines: usize,
-    ) -> Result<Vec<(String, Result<vmcluster_engine::dmesg::Collected>)>> {
+    ) -> Result<crate::exec::NodeCollections> {
         let cluster = cluster.to_owned();
         ask(
             &self.cluster,

@@ -278,34 +278,10 @@ impl SshSession {
 
     /// Runs `command` and collects its output; fails with [`SshError::Timeout`] after `timeout`.
     pub async fn exec(&self, command: &str, timeout: Duration) -> Result<ExecOutput, SshError> {
-        let work = async {
-            let mut ch = self
-                .handle
-                .channel_open_session()
-                .await
-                .map_err(|e| SshError::Protocol(format!("open channel: {e}")))?;
-            ch.exec(true, command)
-                .await
-                .map_err(|e| SshError::Protocol(format!("exec: {e}")))?;
-            let mut out = ExecOutput::default();
-            while let Some(msg) = ch.wait().await {
-                match msg {
-                    ChannelMsg::Data { data } => out.stdout.extend_from_slice(&data),
-                    ChannelMsg::ExtendedData { data, ext: 1 } => {
-                        out.stderr.extend_from_slice(&data)
-                    }
-                    ChannelMsg::ExitStatus { exit_status } => out.exit_code = Some(exit_status),
-                    ChannelMsg::ExitSignal { signal_name, .. } => {
-                        out.signal = Some(format!("{signal_name:?}"))
-                    }
-                    _ => {}
-                }
-            }
-            Ok(out)
-        };
-        tokio::time::timeout(timeout, work)
-            .await
-            .map_err(|_| SshError::Timeout(timeout))?
+        match self.run(command, None, timeout).await? {
+            (_, true) => Err(SshError::Timeout(timeout)),
+            (out, false) => Ok(out),
+        }
     }
 
     /// Closes the connection politely.

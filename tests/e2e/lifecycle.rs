@@ -179,21 +179,7 @@ async fn three_node_lifecycle_over_mcp() {
     }
 
     // Destroy leaves nothing: no domain, network, bridge, seed, console log or overlay.
-    c.call(
-        "cluster_destroy",
-        json!({"cluster_name": name, "remove_overlays": true}),
-    )
-    .await
-    .ok();
-    let objs = host_objects(name);
-    assert!(
-        objs.domains.is_empty() && objs.networks.is_empty() && !objs.bridge,
-        "{objs:?}"
-    );
-    assert!(
-        !s.path().join("overlays").join(name).exists(),
-        "cluster directory left behind"
-    );
+    crate::destroy_and_check_clean(&c, &s, name).await;
     let gone = c
         .call("cluster_status", json!({"cluster_name": name}))
         .await;

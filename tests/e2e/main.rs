@@ -120,6 +120,26 @@ pub fn host_objects(name: &str) -> HostObjects {
     }
 }
 
+/// Destroys cluster `name` with its disks and checks that nothing of it is left on the host: no
+/// domain, network, bridge, or cluster directory under the scratch root's overlays.
+pub async fn destroy_and_check_clean(c: &vmcluster_tests::McpClient, s: &Scratch, name: &str) {
+    c.call(
+        "cluster_destroy",
+        serde_json::json!({"cluster_name": name, "remove_overlays": true}),
+    )
+    .await
+    .ok();
+    let objs = host_objects(name);
+    assert!(
+        objs.domains.is_empty() && objs.networks.is_empty() && !objs.bridge,
+        "{objs:?}"
+    );
+    assert!(
+        !s.path().join("overlays").join(name).exists(),
+        "cluster directory left behind"
+    );
+}
+
 /// The bridge name the harness gives cluster `name` (see `topology_yaml`).
 pub fn bridge_exists(name: &str) -> bool {
     let yaml_prefix = format!("vt{name:.8}");
@@ -133,26 +153,7 @@ pub fn bridge_exists(name: &str) -> bool {
 
 /// Runs a command on a node with the system `ssh` client, as a downstream user of the handle.
 pub fn ssh(key: &str, user: &str, ip: &str, port: u64, cmd: &str) -> std::process::Output {
-    Command::new("ssh")
-        .args([
-            "-i",
-            key,
-            "-p",
-            &port.to_string(),
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "StrictHostKeyChecking=no",
-        ])
-        .args([
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "LogLevel=ERROR",
-            "-o",
-            "ConnectTimeout=5",
-        ])
-        .arg(format!("{user}@{ip}"))
+    vmcluster_tests::system_ssh(std::path::Path::new(key), user, ip, port as u16, 5)
         .arg(cmd)
         .output()
         .expect("ssh")

@@ -48,16 +48,6 @@ async fn partial_define_converges_on_rerun() {
             .is_file()
     );
 
-    c.call(
-        "cluster_destroy",
-        json!({"cluster_name": name, "remove_overlays": true}),
-    )
-    .await
-    .ok();
-    let objs = host_objects(name);
-    assert!(
-        objs.domains.is_empty() && objs.networks.is_empty() && !objs.bridge,
-        "{objs:?}"
-    );
+    crate::destroy_and_check_clean(&c, &s, name).await;
     c.close().await;
 }

@@ -5,7 +5,7 @@
 use serde_json::json;
 use vmcluster_tests::McpClient;
 
-use crate::{cluster_scratch, host_objects, preflight};
+use crate::{cluster_scratch, preflight};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_server_answers_for_clusters_defined_before() {
@@ -55,17 +55,6 @@ async fn a_restarted_server_answers_for_clusters_defined_before() {
             .as_str()
             .is_some_and(|k| !k.is_empty())
     );
-    second
-        .call(
-            "cluster_destroy",
-            json!({"cluster_name": name, "remove_overlays": true}),
-        )
-        .await
-        .ok();
-    let objs = host_objects(name);
-    assert!(
-        objs.domains.is_empty() && objs.networks.is_empty() && !objs.bridge,
-        "{objs:?}"
-    );
+    crate::destroy_and_check_clean(&second, &s, name).await;
     second.close().await;
 }

@@ -157,6 +157,31 @@ pub fn topology_yaml(t: &TopologySpec<'_>) -> String {
     y
 }
 
+/// The system `ssh` client, set up as a downstream user of a cluster handle would run it (key
+/// auth only, no host key prompts, no known_hosts writes).
+pub fn system_ssh(
+    key: &Path,
+    user: &str,
+    ip: &str,
+    port: u16,
+    connect_timeout_s: u32,
+) -> std::process::Command {
+    let mut c = std::process::Command::new("ssh");
+    c.arg("-i").arg(key).args([
+        "-p",
+        &port.to_string(),
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "StrictHostKeyChecking=no",
+    ]);
+    c.args(["-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"]);
+    c.arg("-o")
+        .arg(format!("ConnectTimeout={connect_timeout_s}"))
+        .arg(format!("{user}@{ip}"));
+    c
+}
+
 /// An MCP client connected to a `vmcluster serve` child process.
 pub struct McpClient {
     /// The running client service.

@@ -36,24 +36,7 @@ fn virsh(args: &[&str]) -> bool {
 }
 
 fn ssh_true(key: &Path, ip: &str) -> bool {
-    Command::new("ssh")
-        .args([
-            "-i",
-            &key.display().to_string(),
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "StrictHostKeyChecking=no",
-        ])
-        .args([
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "LogLevel=ERROR",
-            "-o",
-            "ConnectTimeout=2",
-        ])
-        .arg(format!("root@{ip}"))
+    vmcluster_tests::system_ssh(key, "root", ip, 22, 2)
         .arg("true")
         .output()
         .is_ok_and(|o| o.status.success())

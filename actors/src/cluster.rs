@@ -660,9 +660,12 @@ impl ClusterActor {
                 key,
                 bridge: spec.network.bridge.clone(),
                 connect_timeout: Duration::from_secs(spec.ssh.connect_timeout_s.min(5)),
+                pinned: pinned_key(&ctx.journal, &spec.name, node),
             },
             console_log: n.console_log.clone(),
             virt: ctx.virt.clone(),
+            cluster: spec.name.clone(),
+            journal: ctx.journal.clone(),
         };
         node::spawn(
             args,
@@ -800,6 +803,26 @@ fn node_status(
         .to_owned(),
         last_error: snap.and_then(|s| s.last_error.clone()),
     }
+}
+
+/// The host key pinned for `node` of `cluster`, from the journal (a cluster's removal or an
+/// empty record forgets it).
+fn pinned_key(journal: &Journal, cluster: &str, node: &str) -> Option<String> {
+    let mut pinned = None;
+    for rec in journal.iter_all().flatten() {
+        match rec.body {
+            BodyV1::HostKeyPinned {
+                cluster: c,
+                node: n,
+                key_openssh,
+            } if c == cluster && n == node => {
+                pinned = Some(key_openssh).filter(|k| !k.is_empty());
+            }
+            BodyV1::ClusterRemoved { cluster: c, .. } if c == cluster => pinned = None,
+            _ => {}
+        }
+    }
+    pinned
 }
 
 /// Rebuilds the registry from the journal: clusters defined and not removed, and operations
@@ -1119,6 +1142,9 @@ async fn define(ctx: Ctx, topology: String) -> Reply<ClusterStatus> {
                         if host::ensure_overlay(&node.base_image, &node.overlay).await? {
                             op.created(ObjectKind::File, node.overlay.to_string_lossy())
                                 .await?;
+                            // A fresh disk boots with a fresh host key: forget the old pin.
+                            let actor = resolved.node(n)?;
+                            ask_node(&actor, |reply| NodeMsg::Unpin { reply }).await?;
                         }
                     }
                     Step::EnsureSeed(n) => {

@@ -25,6 +25,7 @@ use crate::libvirt::{DomainEvent, Virt};
 use crate::ssh::{SshError, SshSession, SshTarget, tcp_probe};
 use vmcluster_engine::dmesg::{self, Collected, FilterLevel, Since};
 use vmcluster_engine::view::ExecResult;
+use vmcluster_journal::Journal;
 
 /// What the rest of the server can see of a node at any instant.
 #[derive(Debug, Clone, PartialEq)]
@@ -54,6 +55,10 @@ pub struct NodeArgs {
     pub console_log: PathBuf,
     /// The connection.
     pub virt: Virt,
+    /// Cluster name (for journal records).
+    pub cluster: String,
+    /// The journal, where the host key is pinned.
+    pub journal: Journal,
 }
 
 /// Messages of the NodeActor.
@@ -120,6 +125,11 @@ pub enum NodeMsg {
         generation: u64,
         /// Timestamp of the last line returned.
         micros: u64,
+    },
+    /// Forget the pinned host key (the node got a fresh disk, hence a fresh key).
+    Unpin {
+        /// Reply when the change is journaled.
+        reply: RpcReplyPort<Result<()>>,
     },
     /// A report from the readiness probe of boot `generation`.
     Probe {
@@ -246,6 +256,10 @@ impl Actor for NodeActor {
                 max_lines,
                 reply,
             } => self.on_dmesg(&me, st, marker, filter, max_lines, reply),
+            NodeMsg::Unpin { reply } => {
+                let res = self.pin(st, None).await;
+                let _ = reply.send(res);
+            }
             NodeMsg::DmesgCursor { generation, micros } => {
                 if generation == st.snap().generation {
                     st.dmesg_cursor = Some(micros);
@@ -264,7 +278,7 @@ impl Actor for NodeActor {
                     self.on_refresh(&me, st).await;
                 }
             }
-            NodeMsg::Probe { generation, report } => self.on_probe(st, generation, report),
+            NodeMsg::Probe { generation, report } => self.on_probe(st, generation, report).await,
         }
         Ok(())
     }
@@ -396,12 +410,18 @@ impl NodeActor {
                 Ok(Err((phase, detail))) => Err((phase, detail)),
                 Err(_) => Err((rx.borrow().phase, rx.borrow().last_error.clone())),
             };
-            let res = res.map_err(|(phase, detail)| EngineError::NotReady {
-                node,
-                phase,
-                waited_s: started.elapsed().as_secs(),
-                detail,
-                console_tail: Some(host::console_tail(&console, 20)).filter(|t| !t.is_empty()),
+            let res = res.map_err(|(phase, detail)| match detail {
+                // A changed host key is an SSH verdict, not a slow boot.
+                Some(d) if d.starts_with("host key changed") => {
+                    EngineError::Ssh { node, message: d }
+                }
+                detail => EngineError::NotReady {
+                    node,
+                    phase,
+                    waited_s: started.elapsed().as_secs(),
+                    detail,
+                    console_tail: Some(host::console_tail(&console, 20)).filter(|t| !t.is_empty()),
+                },
             });
             let _ = reply.send(res);
         });
@@ -589,7 +609,24 @@ impl NodeActor {
         });
     }
 
-    fn on_probe(&self, st: &mut NodeState, generation: u64, report: ProbeReport) {
+    /// Records `key` as the node's pinned host key (`None` forgets it), journal first.
+    async fn pin(&self, st: &mut NodeState, key: Option<String>) -> Result<()> {
+        st.args
+            .journal
+            .append(vmcluster_journal::BodyV1::HostKeyPinned {
+                cluster: st.args.cluster.clone(),
+                node: st.args.node.clone(),
+                key_openssh: key.clone().unwrap_or_default(),
+            })
+            .await?;
+        if key.is_none() {
+            st.session = None;
+        }
+        st.args.ssh.pinned = key;
+        Ok(())
+    }
+
+    async fn on_probe(&self, st: &mut NodeState, generation: u64, report: ProbeReport) {
         if generation != st.snap().generation {
             return; // from an earlier boot
         }
@@ -608,6 +645,14 @@ impl NodeActor {
             }
             ProbeReport::Session(s) => {
                 let key = s.host_key();
+                if st.args.ssh.pinned.is_none()
+                    && let Some(k) = &key
+                {
+                    tracing::info!(node = %st.args.node, key = %k, "pinning host key");
+                    if let Err(e) = self.pin(st, Some(k.clone())).await {
+                        tracing::error!(node = %st.args.node, error = %e, "cannot pin the host key");
+                    }
+                }
                 st.session = Some(s);
                 st.tx.send_modify(|snap| snap.host_key = key);
             }
@@ -668,6 +713,9 @@ async fn readiness_probe(
                 Ok(o) => last_err = format!("`true` exited with {:?}", o.exit_code),
                 Err(e) => last_err = e.to_string(),
             },
+            Ok(Err(e @ SshError::HostKeyChanged { .. })) => {
+                return report(ProbeReport::Failed(e.to_string()));
+            }
             Ok(Err(e)) => last_err = e.to_string(),
             Err(_) => last_err = "SSH handshake timed out".into(),
         }

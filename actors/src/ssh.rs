@@ -38,6 +38,14 @@ pub enum SshError {
     /// The protocol failed after connecting.
     #[error("{0}")]
     Protocol(String),
+    /// The node presented a host key other than the one pinned for it.
+    #[error("host key changed: pinned {pinned}, presented {presented}; refusing to connect")]
+    HostKeyChanged {
+        /// The pinned key.
+        pinned: String,
+        /// The key the node presented.
+        presented: String,
+    },
     /// The channel closed, or the server refused the request, before the command started.
     #[error("the server closed the channel before the command started")]
     NotStarted,
@@ -68,6 +76,8 @@ pub struct SshTarget {
     pub bridge: String,
     /// Per-attempt connect timeout.
     pub connect_timeout: Duration,
+    /// The host key pinned for this node (`algorithm base64`), once one was seen.
+    pub pinned: Option<String>,
 }
 
 /// What a command produced.
@@ -86,6 +96,14 @@ pub struct ExecOutput {
 #[derive(Debug)]
 struct Client {
     seen_key: Arc<Mutex<Option<PublicKey>>>,
+    pinned: Option<String>,
+}
+
+/// A host key as `algorithm base64`, without its comment: the form we pin and compare.
+pub fn key_id(key: &PublicKey) -> Option<String> {
+    let text = key.to_openssh().ok()?;
+    let mut parts = text.split_whitespace();
+    Some(format!("{} {}", parts.next()?, parts.next()?))
 }
 
 impl client::Handler for Client {
@@ -95,11 +113,16 @@ impl client::Handler for Client {
         &mut self,
         key: &russh::keys::PublicKeyOrCertificate,
     ) -> Result<bool, Self::Error> {
-        // Host keys are recorded here; pinning them is the session pool's job.
-        if let russh::keys::PublicKeyOrCertificate::PublicKey { key, .. } = key {
-            *self.seen_key.lock().unwrap_or_else(|p| p.into_inner()) = Some(key.clone());
-        }
-        Ok(true)
+        // Trust on first use: the first key seen is pinned by the NodeActor; after that only
+        // that key is accepted.
+        let russh::keys::PublicKeyOrCertificate::PublicKey { key, .. } = key else {
+            return Ok(false);
+        };
+        *self.seen_key.lock().unwrap_or_else(|p| p.into_inner()) = Some(key.clone());
+        Ok(match &self.pinned {
+            Some(p) => key_id(key).as_deref() == Some(p.as_str()),
+            None => true,
+        })
     }
 }
 
@@ -155,11 +178,25 @@ impl SshSession {
             addr,
             Client {
                 seen_key: seen_key.clone(),
+                pinned: target.pinned.clone(),
             },
         );
         let mut handle = match tokio::time::timeout(target.connect_timeout, connect).await {
             Ok(Ok(h)) => h,
             Ok(Err(e)) => {
+                let seen = seen_key
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_ref()
+                    .and_then(key_id);
+                if let (Some(pinned), Some(presented)) = (&target.pinned, seen)
+                    && *pinned != presented
+                {
+                    return Err(SshError::HostKeyChanged {
+                        pinned: pinned.clone(),
+                        presented,
+                    });
+                }
                 return Err(SshError::Connect {
                     addr,
                     message: e.to_string(),
@@ -198,9 +235,9 @@ impl SshSession {
         self.handle.is_closed() || self.stalled.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// The server's host key in OpenSSH format.
+    /// The server's host key (`algorithm base64`).
     pub fn host_key(&self) -> Option<String> {
-        self.host_key.as_ref().and_then(|k| k.to_openssh().ok())
+        self.host_key.as_ref().and_then(key_id)
     }
 
     /// Runs `command`, feeding it `stdin` (then EOF), and collects its output until it exits or

@@ -1,6 +1,6 @@
 //! What the server knows survives the server: a cluster defined and started by one server
-//! process is reported, handled and destroyed by the next one (the journal holds the clusters,
-//! libvirt the live state, and readiness is probed again).
+//! process is reported, handled and destroyed by the next one (the journal holds the clusters
+//! and the pinned host keys, libvirt the live state, and readiness is probed again).
 
 use serde_json::json;
 use vmcluster_tests::McpClient;
@@ -54,6 +54,33 @@ async fn a_restarted_server_answers_for_clusters_defined_before() {
         handle.ok()["kernel_version"]
             .as_str()
             .is_some_and(|k| !k.is_empty())
+    );
+
+    // The host key pinned by the first server still guards the second: a node that comes back
+    // with another key is refused, with an SSH error that says so.
+    let wipe = json!({"cluster_name": name, "node_name": "n1",
+        "command": "rm -f /etc/dropbear/dropbear_ed25519_host_key && sync"});
+    second.call("node_exec", wipe).await.ok();
+    let crashed = second
+        .call(
+            "node_crash",
+            json!({"cluster_name": name, "node": "n1", "restart_after": true, "wait_for_ssh": true, "ssh_timeout_s": 90}),
+        )
+        .await;
+    assert_eq!(crashed.code(), "SSH", "{}", crashed.envelope);
+    let message = crashed.err()["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("host key changed"), "{message}");
+    let exec = second
+        .call(
+            "node_exec",
+            json!({"cluster_name": name, "node_name": "n1", "command": "true"}),
+        )
+        .await;
+    assert_eq!(
+        exec.code(),
+        "SSH",
+        "no command may run on a node with a changed key: {}",
+        exec.envelope
     );
     crate::destroy_and_check_clean(&second, &s, name).await;
     second.close().await;

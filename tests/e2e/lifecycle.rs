@@ -161,6 +161,27 @@ async fn three_node_lifecycle_over_mcp() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 
+    // A network stopped behind the server's back is reported inactive.
+    virsh(&["net-destroy", &format!("{name}-net")]);
+    let st = c
+        .call("cluster_status", json!({"cluster_name": name}))
+        .await;
+    assert_eq!(st.ok()["network_active"], false);
+    c.call(
+        "cluster_start",
+        json!({"cluster_name": name, "wait_for_ssh": true, "ssh_timeout_s": 180}),
+    )
+    .await
+    .ok();
+    let st = c
+        .call("cluster_status", json!({"cluster_name": name}))
+        .await;
+    assert_eq!(
+        st.ok()["network_active"],
+        true,
+        "cluster_start brings the network back"
+    );
+
     // Graceful shutdown ends with every node shut off.
     let stopped = c
         .call(

@@ -263,11 +263,6 @@ async fn exec_on_one_node_and_on_all() {
         "{lines:?}"
     );
 
-    c.call(
-        "cluster_destroy",
-        json!({"cluster_name": name, "remove_overlays": true}),
-    )
-    .await
-    .ok();
+    crate::destroy_and_check_clean(&c, &s, name).await;
     c.close().await;
 }

@@ -53,11 +53,6 @@ async fn a_node_that_never_gets_ready_is_reported_with_phase_and_console() {
         "{n1}"
     );
 
-    c.call(
-        "cluster_destroy",
-        json!({"cluster_name": name, "remove_overlays": true}),
-    )
-    .await
-    .ok();
+    crate::destroy_and_check_clean(&c, &s, name).await;
     c.close().await;
 }

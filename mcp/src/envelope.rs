@@ -79,6 +79,34 @@ impl ToolError {
         }
     }
 
+    /// One error for a multi-node call in which `failures` of `total` nodes failed. Its code is
+    /// the first failure's that is not `COMMAND_FAILED` (an unreachable node says more than a
+    /// non-zero exit), else `COMMAND_FAILED`.
+    pub fn from_node_failures(failures: Vec<NodeFailure>, total: usize) -> ToolError {
+        let code = failures
+            .iter()
+            .map(|f| f.code)
+            .find(|c| *c != ErrorCode::CommandFailed)
+            .or(failures.first().map(|f| f.code))
+            .unwrap_or(ErrorCode::Internal);
+        let message = format!(
+            "{} of {total} nodes failed: {}",
+            failures.len(),
+            failures
+                .iter()
+                .map(|f| format!("{}: {}", f.node, f.message))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+        ToolError {
+            code,
+            message,
+            recoverable: code.recoverable(),
+            nodes: failures,
+            ..ToolError::invalid("")
+        }
+    }
+
     /// An `INVALID_ARGUMENT` error.
     pub fn invalid(message: impl Into<String>) -> ToolError {
         ToolError {

@@ -154,28 +154,7 @@ impl VmclusterServer {
             results,
         };
         if p.require_all && !failures.is_empty() {
-            let code = failures
-                .iter()
-                .map(|f| f.code)
-                .find(|c| *c != ErrorCode::CommandFailed)
-                .unwrap_or(ErrorCode::CommandFailed);
-            let message = format!(
-                "{} of {} nodes failed: {}",
-                failures.len(),
-                result.results.len(),
-                failures
-                    .iter()
-                    .map(|f| format!("{}: {}", f.node, f.message))
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            );
-            let error = ToolError {
-                code,
-                message,
-                recoverable: code.recoverable(),
-                nodes: failures,
-                ..ToolError::invalid("")
-            };
+            let error = ToolError::from_node_failures(failures, result.results.len());
             return Err(Failure::with_result(error, op_id, &result));
         }
         Ok(Json(Envelope::ok(result, op_id)))

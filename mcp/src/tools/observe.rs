@@ -40,29 +40,6 @@ impl VmclusterServer {
     }
 }
 
-fn node_failures(failures: Vec<NodeFailure>, total: usize) -> ToolError {
-    let code = failures
-        .first()
-        .map(|f| f.code)
-        .unwrap_or(ErrorCode::Internal);
-    let message = format!(
-        "{} of {total} nodes failed: {}",
-        failures.len(),
-        failures
-            .iter()
-            .map(|f| format!("{}: {}", f.node, f.message))
-            .collect::<Vec<_>>()
-            .join("; ")
-    );
-    ToolError {
-        code,
-        message,
-        recoverable: code.recoverable(),
-        nodes: failures,
-        ..ToolError::invalid("")
-    }
-}
-
 #[tool_router(router = dmesg_router, vis = "pub(crate)")]
 impl VmclusterServer {
     /// Marks the kernel logs.
@@ -110,7 +87,7 @@ impl VmclusterServer {
         };
         if !failures.is_empty() {
             return Err(Failure::with_result(
-                node_failures(failures, total),
+                ToolError::from_node_failures(failures, total),
                 op_id,
                 &result,
             ));
@@ -185,7 +162,7 @@ impl VmclusterServer {
         };
         if !failures.is_empty() {
             return Err(Failure::with_result(
-                node_failures(failures, total),
+                ToolError::from_node_failures(failures, total),
                 None,
                 &result,
             ));

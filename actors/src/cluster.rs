@@ -33,6 +33,7 @@ use uuid::Uuid;
 use vmcluster_engine::config::Config;
 use vmcluster_engine::names;
 use vmcluster_engine::plan::{self, Step};
+use vmcluster_engine::recovery::{self, OpKind, Progress, Settle};
 use vmcluster_engine::seed;
 use vmcluster_engine::state::{DomainState, Readiness};
 use vmcluster_engine::topology::{ClusterSpec, DomainType, HostFacts, Topology};
@@ -40,7 +41,7 @@ use vmcluster_engine::view::{
     ClusterHandle, ClusterList, ClusterStatus, ClusterSummary, NodeHandle, NodeResult, NodeStatus,
 };
 use vmcluster_engine::xml::{self, Accel, Owner};
-use vmcluster_journal::{BodyV1, Journal, ObjectKind};
+use vmcluster_journal::{BodyV1, Journal, ObjectKind, OpInfo, Outcome, StepState};
 
 use crate::error::{EngineError, Result};
 use crate::exec::ExecRequest;
@@ -48,14 +49,14 @@ use crate::host;
 use crate::hostnet::{HostNetMsg, check_network_owner};
 use crate::libvirt::{DomainEvent, Virt};
 use crate::node::{self, NodeArgs, NodeMsg, NodeSnapshot};
-use crate::ops::Op;
+use crate::ops::{Op, Ticket};
 use crate::ssh::SshTarget;
 
 /// Where artifacts land on the nodes (reported in the handle).
 pub const ARTIFACT_PATH: &str = "/opt/vmcluster/artifacts";
 
 /// How `cluster_stop` and `node_stop` power nodes off.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum StopMode {
     /// ACPI power button; forced off after the timeout.
     Shutdown,
@@ -63,8 +64,8 @@ pub enum StopMode {
     Destroy,
 }
 
-/// A single-node command.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A single-node command (journaled as JSON, so restart can finish it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum NodeOp {
     /// Power off uncleanly, optionally power on again and wait.
     Crash {
@@ -101,7 +102,8 @@ pub enum NodeOp {
 }
 
 impl NodeOp {
-    fn tool(&self) -> &'static str {
+    /// The tool's name.
+    pub fn tool(&self) -> &'static str {
         match self {
             NodeOp::Crash { .. } => "node_crash",
             NodeOp::Start { .. } => "node_start",
@@ -137,6 +139,8 @@ pub enum ClusterMsg {
     Define {
         /// Topology file name (without `.yaml`).
         topology: String,
+        /// Id and controls.
+        ticket: Ticket,
         /// Reply.
         reply: RpcReplyPort<Reply<ClusterStatus>>,
     },
@@ -148,6 +152,8 @@ pub enum ClusterMsg {
         wait_for_ssh: bool,
         /// Readiness budget.
         ssh_timeout: Duration,
+        /// Id and controls.
+        ticket: Ticket,
         /// Reply.
         reply: RpcReplyPort<Reply<ClusterStatus>>,
     },
@@ -159,6 +165,8 @@ pub enum ClusterMsg {
         mode: StopMode,
         /// Graceful budget per node.
         timeout: Duration,
+        /// Id and controls.
+        ticket: Ticket,
         /// Reply.
         reply: RpcReplyPort<Reply<ClusterStatus>>,
     },
@@ -168,6 +176,8 @@ pub enum ClusterMsg {
         cluster: String,
         /// Also delete overlays and the extra disks we created.
         remove_overlays: bool,
+        /// Id and controls.
+        ticket: Ticket,
         /// Reply.
         reply: RpcReplyPort<Reply<ClusterStatus>>,
     },
@@ -198,6 +208,8 @@ pub enum ClusterMsg {
         node: String,
         /// What to do.
         op: NodeOp,
+        /// Id and controls.
+        ticket: Ticket,
         /// Reply.
         reply: RpcReplyPort<Reply<NodeResult>>,
     },
@@ -261,6 +273,12 @@ pub enum ClusterMsg {
     },
     /// A libvirt lifecycle event.
     Domain(DomainEvent),
+    /// Restart: settle every operation the journal shows unfinished, re-assert networks.
+    /// Answered when done; the engine accepts calls only after that.
+    Settle {
+        /// Reply.
+        reply: RpcReplyPort<()>,
+    },
 }
 
 /// A registered cluster as a command sees it.
@@ -369,27 +387,13 @@ impl Actor for ClusterActor {
             clusters: BTreeMap::new(),
             by_domain: HashMap::new(),
         };
-        // Replay: every cluster defined and not removed comes back; libvirt tells its live state.
-        let (defined, unfinished) = replay(&st.ctx.journal)?;
-        for spec in defined {
+        // Replay: every cluster the journal shows defined comes back; each NodeActor then asks
+        // libvirt for its domain's live state. Unfinished operations are settled by `Settle`,
+        // which the engine sends next and awaits before it accepts calls.
+        for spec in defined_specs(&st.ctx.journal) {
             if let Err(e) = self.register(&me, &mut st, Arc::new(spec)).await {
                 tracing::error!(error = %e, "cannot restore a cluster from the journal");
             }
-        }
-        for op_id in unfinished {
-            tracing::warn!(%op_id, "operation was in flight when the server stopped; marking it indeterminate");
-            st.ctx
-                .journal
-                .append(BodyV1::CommandFinished {
-                    op_id,
-                    outcome: vmcluster_journal::Outcome::Indeterminate,
-                    error_code: Some("INTERNAL".into()),
-                    error_message: Some(
-                        "The server stopped while the operation was running".into(),
-                    ),
-                    result_json: None,
-                })
-                .await?;
         }
         Ok(st)
     }
@@ -401,42 +405,50 @@ impl Actor for ClusterActor {
         st: &mut ClusterState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            ClusterMsg::Define { topology, reply } => {
+            ClusterMsg::Define {
+                topology,
+                ticket,
+                reply,
+            } => {
                 let ctx = st.ctx.clone();
                 tokio::spawn(async move {
-                    let _ = reply.send(define(ctx, topology).await);
+                    let _ = reply.send(define(ctx, topology, ticket).await);
                 });
             }
             ClusterMsg::Start {
                 cluster,
                 wait_for_ssh,
                 ssh_timeout,
+                ticket,
                 reply,
             } => {
                 let ctx = st.ctx.clone();
                 tokio::spawn(async move {
-                    let _ = reply.send(start(ctx, cluster, wait_for_ssh, ssh_timeout).await);
+                    let _ =
+                        reply.send(start(ctx, cluster, wait_for_ssh, ssh_timeout, ticket).await);
                 });
             }
             ClusterMsg::Stop {
                 cluster,
                 mode,
                 timeout,
+                ticket,
                 reply,
             } => {
                 let ctx = st.ctx.clone();
                 tokio::spawn(async move {
-                    let _ = reply.send(stop(ctx, cluster, mode, timeout).await);
+                    let _ = reply.send(stop(ctx, cluster, mode, timeout, ticket).await);
                 });
             }
             ClusterMsg::Destroy {
                 cluster,
                 remove_overlays,
+                ticket,
                 reply,
             } => {
                 let ctx = st.ctx.clone();
                 tokio::spawn(async move {
-                    let _ = reply.send(destroy(ctx, cluster, remove_overlays).await);
+                    let _ = reply.send(destroy(ctx, cluster, remove_overlays, ticket).await);
                 });
             }
             ClusterMsg::Status { cluster, reply } => {
@@ -465,11 +477,12 @@ impl Actor for ClusterActor {
                 cluster,
                 node,
                 op,
+                ticket,
                 reply,
             } => {
                 let ctx = st.ctx.clone();
                 tokio::spawn(async move {
-                    let _ = reply.send(node_op(ctx, cluster, node, op).await);
+                    let _ = reply.send(node_op(ctx, cluster, node, op, ticket).await);
                 });
             }
             ClusterMsg::Exec {
@@ -574,6 +587,13 @@ impl Actor for ClusterActor {
                     r
                 });
                 let _ = reply.send(res);
+            }
+            ClusterMsg::Settle { reply } => {
+                let ctx = st.ctx.clone();
+                tokio::spawn(async move {
+                    settle_all(&ctx).await;
+                    let _ = reply.send(());
+                });
             }
             ClusterMsg::Domain(ev) => {
                 if let Some((c, n)) = st.by_domain.get(&ev.domain)
@@ -812,56 +832,29 @@ fn node_status(
     }
 }
 
-/// The host key pinned for `node` of `cluster`, from the journal (a cluster's removal or an
-/// empty record forgets it).
+/// The host key pinned for `node` of `cluster`, from the journal's projection.
 fn pinned_key(journal: &Journal, cluster: &str, node: &str) -> Option<String> {
-    let mut pinned = None;
-    for rec in journal.iter_all().flatten() {
-        match rec.body {
-            BodyV1::HostKeyPinned {
-                cluster: c,
-                node: n,
-                key_openssh,
-            } if c == cluster && n == node => {
-                pinned = Some(key_openssh).filter(|k| !k.is_empty());
-            }
-            BodyV1::ClusterRemoved { cluster: c, .. } if c == cluster => pinned = None,
-            _ => {}
-        }
-    }
-    pinned
+    journal.view(|p| {
+        p.host_keys
+            .get(&(cluster.to_owned(), node.to_owned()))
+            .cloned()
+    })
 }
 
-/// Rebuilds the registry from the journal: clusters defined and not removed, and operations
-/// that never recorded an outcome.
-fn replay(journal: &Journal) -> Result<(Vec<ClusterSpec>, Vec<Uuid>)> {
-    let mut defined: BTreeMap<String, ClusterSpec> = BTreeMap::new();
-    let mut open: BTreeMap<Uuid, ()> = BTreeMap::new();
-    for rec in journal.iter_all() {
-        match rec?.body {
-            BodyV1::ClusterDefined {
-                cluster, spec_json, ..
-            } => match serde_json::from_str(&spec_json) {
-                Ok(spec) => {
-                    defined.insert(cluster, spec);
-                }
+/// Every cluster the journal shows defined.
+fn defined_specs(journal: &Journal) -> Vec<ClusterSpec> {
+    journal.view(|p| {
+        p.clusters
+            .iter()
+            .filter_map(|(name, c)| match serde_json::from_str(&c.spec_json) {
+                Ok(spec) => Some(spec),
                 Err(e) => {
-                    tracing::error!(%cluster, error = %e, "unreadable cluster spec in the journal")
+                    tracing::error!(cluster = %name, error = %e, "unreadable cluster spec in the journal");
+                    None
                 }
-            },
-            BodyV1::ClusterRemoved { cluster, .. } => {
-                defined.remove(&cluster);
-            }
-            BodyV1::CommandStarted { op_id, .. } => {
-                open.insert(op_id, ());
-            }
-            BodyV1::CommandFinished { op_id, .. } => {
-                open.remove(&op_id);
-            }
-            _ => {}
-        }
-    }
-    Ok((defined.into_values().collect(), open.into_keys().collect()))
+            })
+            .collect()
+    })
 }
 
 impl Ctx {
@@ -1029,7 +1022,7 @@ fn accel_of(t: DomainType) -> Accel {
     }
 }
 
-async fn define(ctx: Ctx, topology: String) -> Reply<ClusterStatus> {
+async fn define(ctx: Ctx, topology: String, ticket: Ticket) -> Reply<ClusterStatus> {
     let spec = match load_topology(&ctx, &topology).await {
         Ok(s) => Arc::new(s),
         Err(e) => return Reply::refused(e),
@@ -1064,8 +1057,10 @@ async fn define(ctx: Ctx, topology: String) -> Reply<ClusterStatus> {
         Ok(k) => k,
         Err(e) => return Reply::refused(e),
     };
-    let op = match Op::begin(
+    let op = match Op::begin_with(
         &ctx.journal,
+        ticket.op_id,
+        ticket.control,
         "cluster_define",
         &spec.name,
         &json!({ "topology_name": topology }),
@@ -1075,143 +1070,883 @@ async fn define(ctx: Ctx, topology: String) -> Reply<ClusterStatus> {
         Ok(op) => op,
         Err(e) => return Reply::refused(e),
     };
-    let result = async {
-        if existing.is_none() {
-            op.record(BodyV1::ClusterDefined {
-                op_id: op.id,
-                cluster: spec.name.clone(),
-                spec_json: serde_json::to_string(&*spec)
-                    .map_err(|e| EngineError::Internal(e.to_string()))?,
-            })
-            .await?;
-            let s = spec.clone();
-            ask(
-                &ctx.me,
-                move |reply| ClusterMsg::Register { spec: s, reply },
-                None,
-            )
-            .await??;
-        }
-        let resolved = ctx.resolve(&spec.name).await?;
-        let owner = |node: Option<&str>| Owner {
-            cluster: spec.name.clone(),
-            node: node.map(str::to_owned),
-            op: op.id,
-        };
-        for step in plan::define_plan(&spec) {
-            op.step(&step, async {
-                match &step {
-                    Step::EnsureDir => {
-                        let fresh = !spec.dir.exists();
-                        host::ensure_dir(&spec.dir)?;
-                        host::write_owner_marker(&spec.dir, &spec.name)?;
-                        if fresh {
-                            op.created(ObjectKind::File, spec.dir.to_string_lossy())
-                                .await?;
-                        }
-                    }
-                    Step::EnsureNetwork => {
-                        let (s, o) = (spec.clone(), owner(None));
-                        if ask(
-                            &ctx.hostnet,
-                            move |reply| HostNetMsg::Ensure {
-                                spec: s,
-                                owner: o,
-                                reply,
-                            },
-                            None,
-                        )
-                        .await??
-                        {
-                            op.created(ObjectKind::Network, &spec.network.name).await?;
-                        }
-                    }
-                    Step::StartNetwork => {
-                        let name = spec.network.name.clone();
-                        ask(
-                            &ctx.hostnet,
-                            move |reply| HostNetMsg::Start { name, reply },
-                            None,
-                        )
-                        .await??;
-                        resolved.network_active.store(true, Ordering::Relaxed);
-                    }
-                    Step::EnsureExtraDisks(n) => {
-                        for d in &spec.node(n).expect("plan node").extra_disks {
-                            if host::ensure_disk(&d.path, d.size_gb).await? {
-                                op.created(ObjectKind::File, d.path.to_string_lossy())
-                                    .await?;
-                            }
-                        }
-                    }
-                    Step::EnsureOverlay(n) => {
-                        let node = spec.node(n).expect("plan node");
-                        if host::ensure_overlay(&node.base_image, &node.overlay).await? {
-                            op.created(ObjectKind::File, node.overlay.to_string_lossy())
-                                .await?;
-                            // A fresh disk boots with a fresh host key: forget the old pin.
-                            let actor = resolved.node(n)?;
-                            ask_node(&actor, |reply| NodeMsg::Unpin { reply }).await?;
-                        }
-                    }
-                    Step::EnsureSeed(n) => {
-                        let node = spec.node(n).expect("plan node");
-                        let fresh = !node.seed_iso.exists();
-                        if host::ensure_seed_iso(
-                            &seed::seed_files(&spec, node, &public_key),
-                            &node.seed_iso,
-                        )
-                        .await?
-                            && fresh
-                        {
-                            op.created(ObjectKind::File, node.seed_iso.to_string_lossy())
-                                .await?;
-                        }
-                    }
-                    Step::DefineDomain(n) => {
-                        let node = spec.node(n).expect("plan node");
-                        if ctx.virt.domain_owner(&node.domain_name).await?.is_none() {
-                            let x = xml::domain_xml(
-                                &spec,
-                                node,
-                                accel_of(node.domain_type),
-                                &owner(Some(n)),
-                            );
-                            ctx.virt.define_domain(x).await?;
-                            op.created(ObjectKind::Domain, &node.domain_name).await?;
-                        }
-                        let actor = resolved.node(n)?;
-                        ask(&actor, |r| NodeMsg::Refresh { reply: Some(r) }, None).await?;
-                    }
-                    other => {
-                        return Err(EngineError::Internal(format!(
-                            "step {} is not part of define",
-                            other.name()
-                        )));
-                    }
-                }
-                Ok(())
-            })
-            .await?;
-        }
-        ctx.status(&spec.name).await
-    }
-    .await;
-    op.finish(&result, true).await;
+    let result = match define_steps(&ctx, &op, &spec, existing.is_none(), &public_key).await {
+        Ok(()) => ctx.status(&spec.name).await,
+        Err(e) => Err(e),
+    };
+    // A failed define is a saga: undo what it made, newest first, so nothing is half-made.
+    let outcome = match &result {
+        Ok(_) => Outcome::Applied,
+        Err(e) => rollback(&ctx, op.id, &spec.name, &e.to_string()).await,
+    };
+    op.finish(&result, outcome).await;
     Reply {
         op_id: Some(op.id),
         result,
     }
 }
 
+/// The steps of `cluster_define`. Each declares what it will create before creating it.
+async fn define_steps(
+    ctx: &Ctx,
+    op: &Op,
+    spec: &Arc<ClusterSpec>,
+    new_cluster: bool,
+    public_key: &str,
+) -> Result<()> {
+    if new_cluster {
+        op.record(BodyV1::ClusterDefined {
+            op_id: op.id,
+            cluster: spec.name.clone(),
+            spec_json: serde_json::to_string(&**spec)
+                .map_err(|e| EngineError::Internal(e.to_string()))?,
+        })
+        .await?;
+        let s = spec.clone();
+        ask(
+            &ctx.me,
+            move |reply| ClusterMsg::Register { spec: s, reply },
+            None,
+        )
+        .await??;
+    }
+    let resolved = ctx.resolve(&spec.name).await?;
+    let owner = |node: Option<&str>| Owner {
+        cluster: spec.name.clone(),
+        node: node.map(str::to_owned),
+        op: op.id,
+    };
+    let plan = plan::define_plan(spec);
+    op.plan_len(plan.len());
+    for step in plan {
+        op.step(&step, async {
+            match &step {
+                Step::EnsureDir => {
+                    if !spec.dir.exists() {
+                        op.will_create(ObjectKind::File, spec.dir.to_string_lossy())
+                            .await?;
+                    }
+                    host::ensure_dir(&spec.dir)?;
+                    host::write_owner_marker(&spec.dir, &spec.name)?;
+                }
+                Step::EnsureNetwork => {
+                    if ctx.virt.network(&spec.network.name).await?.is_none() {
+                        op.will_create(ObjectKind::Network, &spec.network.name)
+                            .await?;
+                    }
+                    let (s, o) = (spec.clone(), owner(None));
+                    ask(
+                        &ctx.hostnet,
+                        move |reply| HostNetMsg::Ensure {
+                            spec: s,
+                            owner: o,
+                            reply,
+                        },
+                        None,
+                    )
+                    .await??;
+                }
+                Step::StartNetwork => {
+                    let name = spec.network.name.clone();
+                    ask(
+                        &ctx.hostnet,
+                        move |reply| HostNetMsg::Start { name, reply },
+                        None,
+                    )
+                    .await??;
+                    resolved.network_active.store(true, Ordering::Relaxed);
+                }
+                Step::EnsureExtraDisks(n) => {
+                    for d in &spec.node(n).expect("plan node").extra_disks {
+                        if !d.path.exists() {
+                            op.will_create(ObjectKind::File, d.path.to_string_lossy())
+                                .await?;
+                        }
+                        host::ensure_disk(&d.path, d.size_gb).await?;
+                    }
+                }
+                Step::EnsureOverlay(n) => {
+                    let node = spec.node(n).expect("plan node");
+                    if !node.overlay.exists() {
+                        op.will_create(ObjectKind::File, node.overlay.to_string_lossy())
+                            .await?;
+                    }
+                    if host::ensure_overlay(&node.base_image, &node.overlay).await? {
+                        // A fresh disk boots with a fresh host key: forget the old pin.
+                        let actor = resolved.node(n)?;
+                        ask_node(&actor, |reply| NodeMsg::Unpin { reply }).await?;
+                    }
+                }
+                Step::EnsureSeed(n) => {
+                    let node = spec.node(n).expect("plan node");
+                    if !node.seed_iso.exists() {
+                        op.will_create(ObjectKind::File, node.seed_iso.to_string_lossy())
+                            .await?;
+                    }
+                    host::ensure_seed_iso(
+                        &seed::seed_files(spec, node, public_key),
+                        &node.seed_iso,
+                    )
+                    .await?;
+                }
+                Step::DefineDomain(n) => {
+                    let node = spec.node(n).expect("plan node");
+                    if ctx.virt.domain_owner(&node.domain_name).await?.is_none() {
+                        op.will_create(ObjectKind::Domain, &node.domain_name)
+                            .await?;
+                        let x = xml::domain_xml(
+                            spec,
+                            node,
+                            accel_of(node.domain_type),
+                            &owner(Some(n)),
+                        );
+                        ctx.virt.define_domain(x).await?;
+                    }
+                    let actor = resolved.node(n)?;
+                    ask(&actor, |r| NodeMsg::Refresh { reply: Some(r) }, None).await?;
+                }
+                other => {
+                    return Err(EngineError::Internal(format!(
+                        "step {} is not part of define",
+                        other.name()
+                    )));
+                }
+            }
+            Ok(())
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+/// Undoes operation `op_id`: removes, newest first, every object it declared and did not
+/// remove, and forgets the cluster if this operation first defined it. Every undo is "remove
+/// if present", so running it again (after a crash in the middle) is harmless. Returns the
+/// outcome to record: `NotApplied` when everything is gone, `Indeterminate` if something could
+/// not be removed (it stays in the ledger, and the error is logged).
+async fn rollback(ctx: &Ctx, op_id: Uuid, cluster: &str, reason: &str) -> Outcome {
+    let op = Op::resume(&ctx.journal, op_id, cluster);
+    let Some(info) = ctx.journal.view(|p| p.ops.get(&op_id).cloned()) else {
+        tracing::error!(%op_id, "cannot roll back an operation the journal does not know");
+        return Outcome::Indeterminate;
+    };
+    if info.rollback.is_none()
+        && let Err(e) = op
+            .record(BodyV1::RollbackStarted {
+                op_id,
+                reason: reason.to_owned(),
+            })
+            .await
+    {
+        tracing::error!(%op_id, error = %e, "cannot journal a rollback");
+        return Outcome::Indeterminate;
+    }
+    let spec = ctx
+        .journal
+        .view(|p| p.clusters.get(cluster).map(|c| c.spec_json.clone()))
+        .and_then(|j| serde_json::from_str::<ClusterSpec>(&j).ok())
+        .map(Arc::new);
+    let mut outcome = Outcome::NotApplied;
+    for (kind, id) in info.created.iter().rev() {
+        if info.removed.contains(&(*kind, id.clone())) {
+            continue;
+        }
+        let res = undo_object(ctx, cluster, spec.as_ref(), *kind, id).await;
+        match res {
+            Ok(()) => {
+                if let Err(e) = op.removed(*kind, id.clone()).await {
+                    tracing::error!(%op_id, error = %e, "cannot journal an undo");
+                    outcome = Outcome::Indeterminate;
+                }
+            }
+            Err(e) => {
+                tracing::error!(%op_id, kind = kind.as_str(), %id, error = %e, "undo failed; object left in the ledger");
+                outcome = Outcome::Indeterminate;
+            }
+        }
+    }
+    if info.defined_cluster && outcome == Outcome::NotApplied {
+        if let Err(e) = op
+            .record(BodyV1::ClusterRemoved {
+                op_id,
+                cluster: cluster.to_owned(),
+            })
+            .await
+        {
+            tracing::error!(%op_id, error = %e, "cannot journal a cluster's removal");
+            return Outcome::Indeterminate;
+        }
+        let c = cluster.to_owned();
+        let _ = ask(
+            &ctx.me,
+            move |reply| ClusterMsg::Unregister { cluster: c, reply },
+            None,
+        )
+        .await;
+    }
+    tracing::info!(%op_id, %cluster, outcome = ?outcome, "operation rolled back");
+    outcome
+}
+
+/// Removes one ledger object if it is present (and, for libvirt objects, ours).
+async fn undo_object(
+    ctx: &Ctx,
+    cluster: &str,
+    spec: Option<&Arc<ClusterSpec>>,
+    kind: ObjectKind,
+    id: &str,
+) -> Result<()> {
+    match kind {
+        ObjectKind::Domain => {
+            if matches!(ctx.virt.domain_owner(id).await?, Some(Some(o)) if o.cluster == cluster) {
+                if ctx.virt.domain_state(id).await? != DomainState::ShutOff {
+                    ctx.virt.destroy_domain(id).await?;
+                }
+                ctx.virt.undefine_domain(id).await?;
+            }
+            Ok(())
+        }
+        ObjectKind::Network => {
+            if let Some(info) = ctx.virt.network(id).await? {
+                check_network_owner(&info, cluster)?;
+                ctx.virt.remove_network(id).await?;
+            }
+            if let Some(spec) = spec
+                && spec.network.name == id
+                && let Ok(r) = ctx.resolve(cluster).await
+            {
+                r.network_active.store(false, Ordering::Relaxed);
+            }
+            Ok(())
+        }
+        ObjectKind::File => {
+            let path = Path::new(id);
+            if path.is_dir() {
+                host::remove_file(&path.join(host::OWNER_MARKER))?;
+                match std::fs::remove_dir(path) {
+                    Ok(()) => Ok(()),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                    Err(e) => Err(EngineError::io(format!("remove {}", path.display()), e)),
+                }
+            } else {
+                host::remove_file(&host::tmp_sibling(path))?;
+                host::remove_file(&host::seed_stamp(path))?;
+                host::remove_file(path)
+            }
+        }
+        ObjectKind::Snapshot | ObjectKind::Rule => Err(EngineError::Internal(format!(
+            "no undo for {} objects yet",
+            kind.as_str()
+        ))),
+    }
+}
+
+/// Restart: settles every unfinished operation by the fixed table
+/// ([`vmcluster_engine::recovery::settle`]), oldest first, then re-asserts each cluster's
+/// network.
+async fn settle_all(ctx: &Ctx) {
+    let unfinished: Vec<OpInfo> = ctx
+        .journal
+        .view(|p| p.unfinished().into_iter().cloned().collect());
+    for info in unfinished {
+        let cluster = info.cluster.clone().unwrap_or_default();
+        let _guard = ctx.lock(&cluster).await;
+        let kind = OpKind::of_tool(&info.tool);
+        let last = info.last_step();
+        let progress = match (&info.rollback, last.map(|s| s.state)) {
+            (Some(_), _) => Progress::RollingBack,
+            (None, None) => Progress::NoStep,
+            (None, Some(StepState::Started)) => Progress::Started,
+            (None, Some(StepState::Succeeded)) => Progress::Succeeded,
+            (None, Some(StepState::Failed)) => Progress::Failed,
+        };
+        let step = last.map(|s| s.step.as_str());
+        let action = recovery::settle(kind, step, progress);
+        tracing::warn!(op_id = %info.op_id, tool = %info.tool, %cluster, ?step, ?progress, ?action, "settling an operation left unfinished by the last run");
+        let where_ = match last {
+            Some(s) => format!(
+                " during step {}{}",
+                s.step,
+                s.node
+                    .as_deref()
+                    .map(|n| format!(" on node {n}"))
+                    .unwrap_or_default()
+            ),
+            None => String::new(),
+        };
+        let stopped = format!("The server stopped{where_}");
+        let op = Op::resume(&ctx.journal, info.op_id, &cluster);
+        let res: (Result<serde_json::Value>, Outcome) = match action {
+            Settle::NothingToDo => (
+                Err(EngineError::Internal(format!(
+                    "{stopped} before the operation changed anything"
+                ))),
+                Outcome::NotApplied,
+            ),
+            Settle::RollBack => {
+                let outcome = rollback(ctx, info.op_id, &cluster, &stopped).await;
+                (
+                    Err(EngineError::Internal(format!(
+                        "{stopped}; restart rolled the operation back"
+                    ))),
+                    outcome,
+                )
+            }
+            Settle::RollForward => match roll_forward(ctx, &op, &info).await {
+                Ok(v) => (Ok(v), Outcome::Applied),
+                Err(e) => (
+                    Err(EngineError::Internal(format!(
+                        "{stopped}; restart could not finish it: {e}"
+                    ))),
+                    Outcome::Indeterminate,
+                ),
+            },
+            Settle::Indeterminate => (
+                Err(EngineError::Internal(format!(
+                    "{stopped}; whether the command took effect is unknown"
+                ))),
+                Outcome::Indeterminate,
+            ),
+        };
+        op.finish(&res.0, res.1).await;
+    }
+    // Re-assert host network state: every defined cluster's network is active.
+    let clusters: Vec<String> = ctx.journal.view(|p| p.clusters.keys().cloned().collect());
+    for c in clusters {
+        let Ok(r) = ctx.resolve(&c).await else {
+            continue;
+        };
+        let name = r.spec.network.name.clone();
+        match ctx.virt.network(&name).await {
+            Ok(Some(info)) if !info.active => {
+                match ask(
+                    &ctx.hostnet,
+                    move |reply| HostNetMsg::Start { name, reply },
+                    None,
+                )
+                .await
+                {
+                    Ok(Ok(())) => r.network_active.store(true, Ordering::Relaxed),
+                    Ok(Err(e)) | Err(e) => {
+                        tracing::error!(cluster = %c, error = %e, "cannot restart a cluster's network")
+                    }
+                }
+            }
+            Ok(Some(_)) => r.network_active.store(true, Ordering::Relaxed),
+            Ok(None) => {
+                tracing::error!(cluster = %c, network = %r.spec.network.name, "a cluster's network is gone; cluster_define recreates it")
+            }
+            Err(e) => tracing::error!(cluster = %c, error = %e, "cannot read a cluster's network"),
+        }
+    }
+}
+
+/// Finishes an operation whose steps are all "make it so", from its journaled parameters,
+/// without waiting for readiness.
+async fn roll_forward(ctx: &Ctx, op: &Op, info: &OpInfo) -> Result<serde_json::Value> {
+    let cluster = info.cluster.as_deref().unwrap_or_default();
+    let params: serde_json::Value = serde_json::from_str(&info.params_json)
+        .map_err(|e| EngineError::Internal(format!("unreadable parameters: {e}")))?;
+    let to_json = |s: ClusterStatus| serde_json::to_value(s).unwrap_or_default();
+    match info.tool.as_str() {
+        "cluster_destroy" => {
+            let remove_overlays = params["remove_overlays"].as_bool().unwrap_or(false);
+            let resolved = ctx.resolve(cluster).await?;
+            destroy_steps(ctx, op, &resolved, remove_overlays)
+                .await
+                .map(to_json)
+        }
+        "cluster_start" => {
+            let resolved = ctx.resolve(cluster).await?;
+            start_steps(ctx, op, &resolved, false, crate::DEFAULT_SSH_TIMEOUT)
+                .await
+                .map(to_json)
+        }
+        "cluster_stop" => {
+            let resolved = ctx.resolve(cluster).await?;
+            let mode: StopMode = serde_json::from_value(params["mode"].clone())
+                .map_err(|e| EngineError::Internal(format!("unreadable stop mode: {e}")))?;
+            let timeout = Duration::from_secs(params["timeout_s"].as_u64().unwrap_or(60));
+            stop_steps(ctx, op, &resolved, mode, timeout)
+                .await
+                .map(to_json)
+        }
+        "node_crash" | "node_start" | "node_stop" | "node_reboot" => {
+            let resolved = ctx.resolve(cluster).await?;
+            let node = params["node"].as_str().unwrap_or_default().to_owned();
+            let kind: NodeOp = serde_json::from_value(params["op"].clone())
+                .map_err(|e| EngineError::Internal(format!("unreadable node op: {e}")))?;
+            node_steps(ctx, op, &resolved, &node, kind.without_waiting())
+                .await
+                .map(|r| serde_json::to_value(r).unwrap_or_default())
+        }
+        other => Err(EngineError::Internal(format!(
+            "no way to finish a {other} operation"
+        ))),
+    }
+}
+
+async fn start(
+    ctx: Ctx,
+    cluster: String,
+    wait_for_ssh: bool,
+    ssh_timeout: Duration,
+    ticket: Ticket,
+) -> Reply<ClusterStatus> {
+    let resolved = match ctx.resolve(&cluster).await {
+        Ok(r) => r,
+        Err(e) => return Reply::refused(e),
+    };
+    let name = resolved.spec.name.clone();
+    let _guard = ctx.lock(&name).await;
+    let params = json!({ "wait_for_ssh": wait_for_ssh, "ssh_timeout_s": ssh_timeout.as_secs() });
+    let op = match Op::begin_with(
+        &ctx.journal,
+        ticket.op_id,
+        ticket.control,
+        "cluster_start",
+        &name,
+        &params,
+    )
+    .await
+    {
+        Ok(op) => op,
+        Err(e) => return Reply::refused(e),
+    };
+    let result = start_steps(&ctx, &op, &resolved, wait_for_ssh, ssh_timeout).await;
+    op.finish(&result, Outcome::Indeterminate).await;
+    Reply {
+        op_id: Some(op.id),
+        result,
+    }
+}
+
+/// The steps of `cluster_start`: the network, then every node at once, then (optionally)
+/// every node's readiness. Powering on is not undone when a node fails to become ready: the
+/// caller gets each node's failure and the cluster as it is.
+async fn start_steps(
+    ctx: &Ctx,
+    op: &Op,
+    resolved: &Resolved,
+    wait_for_ssh: bool,
+    ssh_timeout: Duration,
+) -> Result<ClusterStatus> {
+    op.plan_len(1 + resolved.nodes.len() * if wait_for_ssh { 2 } else { 1 });
+    op.step(&Step::StartNetwork, async {
+        let net = resolved.spec.network.name.clone();
+        ask(
+            &ctx.hostnet,
+            move |reply| HostNetMsg::Start { name: net, reply },
+            None,
+        )
+        .await??;
+        resolved.network_active.store(true, Ordering::Relaxed);
+        Ok(())
+    })
+    .await?;
+    on_nodes(&resolved.nodes, |n, a| async move {
+        op.step(&Step::StartDomain(n), async {
+            ask_node(&a, |reply| NodeMsg::Start {
+                ready_timeout: ssh_timeout,
+                reply,
+            })
+            .await
+        })
+        .await
+    })
+    .await?;
+    if wait_for_ssh {
+        on_nodes(&resolved.nodes, |n, a| async move {
+            op.step(&Step::WaitReady(n), async {
+                ask_node(&a, |reply| NodeMsg::WaitReady {
+                    timeout: ssh_timeout,
+                    reply,
+                })
+                .await
+            })
+            .await
+        })
+        .await?;
+    }
+    ctx.status(&resolved.spec.name).await
+}
+
+async fn stop(
+    ctx: Ctx,
+    cluster: String,
+    mode: StopMode,
+    timeout: Duration,
+    ticket: Ticket,
+) -> Reply<ClusterStatus> {
+    let resolved = match ctx.resolve(&cluster).await {
+        Ok(r) => r,
+        Err(e) => return Reply::refused(e),
+    };
+    let name = resolved.spec.name.clone();
+    let _guard = ctx.lock(&name).await;
+    let params = json!({ "mode": mode, "timeout_s": timeout.as_secs() });
+    let op = match Op::begin_with(
+        &ctx.journal,
+        ticket.op_id,
+        ticket.control,
+        "cluster_stop",
+        &name,
+        &params,
+    )
+    .await
+    {
+        Ok(op) => op,
+        Err(e) => return Reply::refused(e),
+    };
+    let result = stop_steps(&ctx, &op, &resolved, mode, timeout).await;
+    op.finish(&result, Outcome::Indeterminate).await;
+    Reply {
+        op_id: Some(op.id),
+        result,
+    }
+}
+
+/// The steps of `cluster_stop`: every node powered off at once.
+async fn stop_steps(
+    ctx: &Ctx,
+    op: &Op,
+    resolved: &Resolved,
+    mode: StopMode,
+    timeout: Duration,
+) -> Result<ClusterStatus> {
+    let graceful = (mode == StopMode::Shutdown).then_some(timeout);
+    op.plan_len(resolved.nodes.len());
+    on_nodes(&resolved.nodes, |n, a| async move {
+        op.step(&Step::StopDomain(n), async {
+            ask_node(&a, |reply| NodeMsg::Stop { graceful, reply }).await?;
+            ask(&a, |r| NodeMsg::Refresh { reply: Some(r) }, None).await?;
+            Ok(())
+        })
+        .await
+    })
+    .await?;
+    ctx.status(&resolved.spec.name).await
+}
+
+async fn destroy(
+    ctx: Ctx,
+    cluster: String,
+    remove_overlays: bool,
+    ticket: Ticket,
+) -> Reply<ClusterStatus> {
+    let resolved = match ctx.resolve(&cluster).await {
+        Ok(r) => r,
+        Err(e) => return Reply::refused(e),
+    };
+    let spec = resolved.spec.clone();
+    let _guard = ctx.lock(&spec.name).await;
+    let op = match Op::begin_with(
+        &ctx.journal,
+        ticket.op_id,
+        ticket.control,
+        "cluster_destroy",
+        &spec.name,
+        &json!({ "remove_overlays": remove_overlays }),
+    )
+    .await
+    {
+        Ok(op) => op,
+        Err(e) => return Reply::refused(e),
+    };
+    let result = destroy_steps(&ctx, &op, &resolved, remove_overlays).await;
+    // Destruction cannot be undone; a failure leaves the cluster defined and partly torn down,
+    // and calling cluster_destroy again finishes it (restart does the same).
+    op.finish(&result, Outcome::Indeterminate).await;
+    Reply {
+        op_id: Some(op.id),
+        result,
+    }
+}
+
+/// The steps of `cluster_destroy`; every one is "remove if present", so they can run again.
+async fn destroy_steps(
+    ctx: &Ctx,
+    op: &Op,
+    resolved: &Resolved,
+    remove_overlays: bool,
+) -> Result<ClusterStatus> {
+    let spec = resolved.spec.clone();
+    let ours = created_files(&ctx.journal, &spec.name);
+    let plan = plan::destroy_plan(&spec, remove_overlays);
+    op.plan_len(plan.len());
+    for step in plan {
+        op.step(&step, async {
+            let node = step.node().and_then(|n| spec.node(n));
+            let owned = |domain: &str| {
+                let virt = ctx.virt.clone();
+                let (domain, cluster) = (domain.to_owned(), spec.name.clone());
+                async move {
+                    Ok::<bool, EngineError>(matches!(
+                        virt.domain_owner(&domain).await?,
+                        Some(Some(o)) if o.cluster == cluster
+                    ))
+                }
+            };
+            match (&step, node) {
+                (Step::StopDomain(n), Some(node)) => {
+                    if owned(&node.domain_name).await? {
+                        let actor = resolved.node(n)?;
+                        ask_node(&actor, |reply| NodeMsg::Stop { graceful: None, reply }).await?;
+                    }
+                }
+                (Step::UndefineDomain(_), Some(node)) => {
+                    if owned(&node.domain_name).await? {
+                        ctx.virt.undefine_domain(&node.domain_name).await?;
+                    }
+                    op.removed(ObjectKind::Domain, &node.domain_name).await?;
+                }
+                (Step::RemoveNodeFiles(_), Some(node)) => {
+                    host::remove_file(&host::seed_stamp(&node.seed_iso))?;
+                    host::remove_file(&host::tmp_sibling(&node.seed_iso))?;
+                    for f in [&node.seed_iso, &node.console_log] {
+                        host::remove_file(f)?;
+                        op.removed(ObjectKind::File, f.to_string_lossy()).await?;
+                    }
+                }
+                (Step::RemoveOverlay(_), Some(node)) => {
+                    host::remove_file(&host::tmp_sibling(&node.overlay))?;
+                    host::remove_file(&node.overlay)?;
+                    op.removed(ObjectKind::File, node.overlay.to_string_lossy()).await?;
+                    for d in node.extra_disks.iter().filter(|d| ours.contains(&d.path)) {
+                        host::remove_file(&host::tmp_sibling(&d.path))?;
+                        host::remove_file(&d.path)?;
+                        op.removed(ObjectKind::File, d.path.to_string_lossy()).await?;
+                    }
+                }
+                (Step::RemoveNetwork, _) => {
+                    let s = spec.clone();
+                    ask(&ctx.hostnet, move |reply| HostNetMsg::Remove { spec: s, reply }, None).await??;
+                    op.removed(ObjectKind::Network, &spec.network.name).await?;
+                    resolved.network_active.store(false, Ordering::Relaxed);
+                }
+                (Step::RemoveDir, _) => {
+                    host::remove_file(&spec.dir.join(host::OWNER_MARKER))?;
+                    match std::fs::remove_dir(&spec.dir) {
+                        Ok(()) => op.removed(ObjectKind::File, spec.dir.to_string_lossy()).await?,
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                            op.removed(ObjectKind::File, spec.dir.to_string_lossy()).await?
+                        }
+                        Err(e) => tracing::warn!(dir = %spec.dir.display(), error = %e, "cluster directory left in place"),
+                    }
+                }
+                (other, _) => return Err(EngineError::Internal(format!("step {} is not part of destroy", other.name()))),
+            }
+            Ok(())
+        })
+        .await?;
+    }
+    // Ledger entries for files declared but never made (a define cut short) go too.
+    for f in created_files(&ctx.journal, &spec.name) {
+        let kept = !remove_overlays
+            && spec.nodes.iter().any(|n| {
+                n.overlay == f || n.extra_disks.iter().any(|d| d.path == f) || spec.dir == f
+            });
+        if !kept && !f.exists() {
+            op.removed(ObjectKind::File, f.to_string_lossy()).await?;
+        }
+    }
+    let status = status_after_destroy(&spec);
+    op.record(BodyV1::ClusterRemoved {
+        op_id: op.id,
+        cluster: spec.name.clone(),
+    })
+    .await?;
+    let c = spec.name.clone();
+    ask(
+        &ctx.me,
+        move |reply| ClusterMsg::Unregister { cluster: c, reply },
+        None,
+    )
+    .await?;
+    Ok(status)
+}
+
+impl NodeOp {
+    /// The same power change without waiting for readiness (restart finishes it this way).
+    fn without_waiting(self) -> NodeOp {
+        match self {
+            NodeOp::Crash {
+                restart_after,
+                ssh_timeout,
+                ..
+            } => NodeOp::Crash {
+                restart_after,
+                wait_for_ssh: false,
+                ssh_timeout,
+            },
+            NodeOp::Start { ssh_timeout, .. } => NodeOp::Start {
+                wait_for_ssh: false,
+                ssh_timeout,
+            },
+            NodeOp::Reboot {
+                hard, ssh_timeout, ..
+            } => NodeOp::Reboot {
+                hard,
+                wait_for_ssh: false,
+                ssh_timeout,
+            },
+            stop @ NodeOp::Stop { .. } => stop,
+        }
+    }
+}
+
+async fn node_op(
+    ctx: Ctx,
+    cluster: String,
+    node: String,
+    op_kind: NodeOp,
+    ticket: Ticket,
+) -> Reply<NodeResult> {
+    let resolved = match ctx.resolve(&cluster).await {
+        Ok(r) => r,
+        Err(e) => return Reply::refused(e),
+    };
+    if let Err(e) = resolved.node(&node) {
+        return Reply::refused(e);
+    }
+    let name = resolved.spec.name.clone();
+    let _guard = ctx.lock(&name).await;
+    let params = json!({ "node": node, "op": op_kind });
+    let op = match Op::begin_with(
+        &ctx.journal,
+        ticket.op_id,
+        ticket.control,
+        op_kind.tool(),
+        &name,
+        &params,
+    )
+    .await
+    {
+        Ok(op) => op,
+        Err(e) => return Reply::refused(e),
+    };
+    let result = node_steps(&ctx, &op, &resolved, &node, op_kind).await;
+    op.finish(&result, Outcome::Indeterminate).await;
+    Reply {
+        op_id: Some(op.id),
+        result,
+    }
+}
+
+async fn node_wait(op: &Op, actor: &ActorRef<NodeMsg>, n: &str, timeout: Duration) -> Result<()> {
+    op.step(
+        &Step::WaitReady(n.to_owned()),
+        ask_node(actor, move |reply| NodeMsg::WaitReady { timeout, reply }),
+    )
+    .await
+}
+
+async fn node_start(op: &Op, actor: &ActorRef<NodeMsg>, n: &str, timeout: Duration) -> Result<()> {
+    op.step(
+        &Step::StartDomain(n.to_owned()),
+        ask_node(actor, move |reply| NodeMsg::Start {
+            ready_timeout: timeout,
+            reply,
+        }),
+    )
+    .await
+}
+
+async fn node_power_off(
+    op: &Op,
+    actor: &ActorRef<NodeMsg>,
+    n: &str,
+    graceful: Option<Duration>,
+) -> Result<()> {
+    op.step(&Step::StopDomain(n.to_owned()), async {
+        ask_node(actor, |reply| NodeMsg::Stop { graceful, reply }).await?;
+        ask(actor, |r| NodeMsg::Refresh { reply: Some(r) }, None).await?;
+        Ok(())
+    })
+    .await
+}
+
+/// The steps of `node_crash`, `node_start`, `node_stop` and `node_reboot`.
+async fn node_steps(
+    ctx: &Ctx,
+    op: &Op,
+    resolved: &Resolved,
+    node: &str,
+    op_kind: NodeOp,
+) -> Result<NodeResult> {
+    let actor = resolved.node(node)?;
+    let n = node.to_owned();
+    match op_kind {
+        NodeOp::Crash {
+            restart_after,
+            wait_for_ssh,
+            ssh_timeout,
+        } => {
+            node_power_off(op, &actor, &n, None).await?;
+            if restart_after {
+                node_start(op, &actor, &n, ssh_timeout).await?;
+                if wait_for_ssh {
+                    node_wait(op, &actor, &n, ssh_timeout).await?;
+                }
+            }
+        }
+        NodeOp::Start {
+            wait_for_ssh,
+            ssh_timeout,
+        } => {
+            node_start(op, &actor, &n, ssh_timeout).await?;
+            if wait_for_ssh {
+                node_wait(op, &actor, &n, ssh_timeout).await?;
+            }
+        }
+        NodeOp::Stop { mode, timeout } => {
+            node_power_off(
+                op,
+                &actor,
+                &n,
+                (mode == StopMode::Shutdown).then_some(timeout),
+            )
+            .await?;
+        }
+        NodeOp::Reboot {
+            hard,
+            wait_for_ssh,
+            ssh_timeout,
+        } => {
+            op.step(
+                &Step::RebootDomain(n.clone()),
+                ask_node(&actor, |reply| NodeMsg::Reboot {
+                    hard,
+                    ready_timeout: ssh_timeout,
+                    reply,
+                }),
+            )
+            .await?;
+            if wait_for_ssh {
+                node_wait(op, &actor, &n, ssh_timeout).await?;
+            }
+        }
+    }
+    let status = ctx.status(&resolved.spec.name).await?;
+    let node_status = status
+        .nodes
+        .into_iter()
+        .find(|s| s.name == node)
+        .ok_or_else(|| EngineError::Internal("node vanished from status".into()))?;
+    Ok(NodeResult {
+        cluster_name: resolved.spec.name.clone(),
+        node: node_status,
+    })
+}
+
 /// Runs `f` on every node concurrently and gathers per-node failures.
 async fn on_nodes<F, Fut>(nodes: &[(String, ActorRef<NodeMsg>)], f: F) -> Result<()>
 where
-    F: Fn(ActorRef<NodeMsg>) -> Fut,
+    F: Fn(String, ActorRef<NodeMsg>) -> Fut,
     Fut: std::future::Future<Output = Result<()>>,
 {
     let results = join_all(nodes.iter().map(|(n, a)| {
-        let fut = f(a.clone());
+        let fut = f(n.clone(), a.clone());
         async move { (n.clone(), fut.await) }
     }))
     .await;
@@ -1229,223 +1964,14 @@ where
     }
 }
 
-async fn start(
-    ctx: Ctx,
-    cluster: String,
-    wait_for_ssh: bool,
-    ssh_timeout: Duration,
-) -> Reply<ClusterStatus> {
-    let resolved = match ctx.resolve(&cluster).await {
-        Ok(r) => r,
-        Err(e) => return Reply::refused(e),
-    };
-    let name = resolved.spec.name.clone();
-    let _guard = ctx.lock(&name).await;
-    let params = json!({ "wait_for_ssh": wait_for_ssh, "ssh_timeout_s": ssh_timeout.as_secs() });
-    let op = match Op::begin(&ctx.journal, "cluster_start", &name, &params).await {
-        Ok(op) => op,
-        Err(e) => return Reply::refused(e),
-    };
-    let result = async {
-        let net = resolved.spec.network.name.clone();
-        ask(
-            &ctx.hostnet,
-            move |reply| HostNetMsg::Start { name: net, reply },
-            None,
-        )
-        .await??;
-        resolved.network_active.store(true, Ordering::Relaxed);
-        on_nodes(&resolved.nodes, |a| async move {
-            ask_node(&a, |reply| NodeMsg::Start {
-                ready_timeout: ssh_timeout,
-                reply,
-            })
-            .await
-        })
-        .await?;
-        if wait_for_ssh {
-            on_nodes(&resolved.nodes, |a| async move {
-                ask_node(&a, |reply| NodeMsg::WaitReady {
-                    timeout: ssh_timeout,
-                    reply,
-                })
-                .await
-            })
-            .await?;
-        }
-        ctx.status(&name).await
-    }
-    .await;
-    op.finish(&result, true).await;
-    Reply {
-        op_id: Some(op.id),
-        result,
-    }
-}
-
-async fn stop(
-    ctx: Ctx,
-    cluster: String,
-    mode: StopMode,
-    timeout: Duration,
-) -> Reply<ClusterStatus> {
-    let resolved = match ctx.resolve(&cluster).await {
-        Ok(r) => r,
-        Err(e) => return Reply::refused(e),
-    };
-    let name = resolved.spec.name.clone();
-    let _guard = ctx.lock(&name).await;
-    let params =
-        json!({ "mode": format!("{mode:?}").to_lowercase(), "timeout_s": timeout.as_secs() });
-    let op = match Op::begin(&ctx.journal, "cluster_stop", &name, &params).await {
-        Ok(op) => op,
-        Err(e) => return Reply::refused(e),
-    };
-    let graceful = (mode == StopMode::Shutdown).then_some(timeout);
-    let result = async {
-        on_nodes(&resolved.nodes, |a| async move {
-            ask_node(&a, |reply| NodeMsg::Stop { graceful, reply })
-                .await
-                .map(drop)
-        })
-        .await?;
-        for (_, a) in &resolved.nodes {
-            ask(a, |r| NodeMsg::Refresh { reply: Some(r) }, None).await?;
-        }
-        ctx.status(&name).await
-    }
-    .await;
-    op.finish(&result, true).await;
-    Reply {
-        op_id: Some(op.id),
-        result,
-    }
-}
-
 /// Files this cluster's operations created and did not remove (the journal's ledger).
-fn created_files(journal: &Journal, cluster: &str) -> Result<Vec<PathBuf>> {
-    let mut files: Vec<PathBuf> = Vec::new();
-    for rec in journal.iter_all() {
-        match rec?.body {
-            BodyV1::ObjectCreated {
-                cluster: c,
-                kind: ObjectKind::File,
-                id,
-                ..
-            } if c == cluster => {
-                let p = PathBuf::from(id);
-                if !files.contains(&p) {
-                    files.push(p);
-                }
-            }
-            BodyV1::ObjectRemoved {
-                cluster: c,
-                kind: ObjectKind::File,
-                id,
-                ..
-            } if c == cluster => {
-                files.retain(|f| *f != Path::new(&id));
-            }
-            _ => {}
-        }
-    }
-    Ok(files)
-}
-
-async fn destroy(ctx: Ctx, cluster: String, remove_overlays: bool) -> Reply<ClusterStatus> {
-    let resolved = match ctx.resolve(&cluster).await {
-        Ok(r) => r,
-        Err(e) => return Reply::refused(e),
-    };
-    let spec = resolved.spec.clone();
-    let _guard = ctx.lock(&spec.name).await;
-    let op = match Op::begin(
-        &ctx.journal,
-        "cluster_destroy",
-        &spec.name,
-        &json!({ "remove_overlays": remove_overlays }),
-    )
-    .await
-    {
-        Ok(op) => op,
-        Err(e) => return Reply::refused(e),
-    };
-    let result = async {
-        let ours = created_files(&ctx.journal, &spec.name)?;
-        for step in plan::destroy_plan(&spec, remove_overlays) {
-            op.step(&step, async {
-                let node = step.node().and_then(|n| spec.node(n));
-                let owned = |domain: &str| {
-                    let virt = ctx.virt.clone();
-                    let (domain, cluster) = (domain.to_owned(), spec.name.clone());
-                    async move {
-                        Ok::<bool, EngineError>(matches!(
-                            virt.domain_owner(&domain).await?,
-                            Some(Some(o)) if o.cluster == cluster
-                        ))
-                    }
-                };
-                match (&step, node) {
-                    (Step::StopDomain(n), Some(node)) => {
-                        if owned(&node.domain_name).await? {
-                            let actor = resolved.node(n)?;
-                            ask_node(&actor, |reply| NodeMsg::Stop { graceful: None, reply }).await?;
-                        }
-                    }
-                    (Step::UndefineDomain(_), Some(node)) => {
-                        if owned(&node.domain_name).await? {
-                            ctx.virt.undefine_domain(&node.domain_name).await?;
-                            op.removed(ObjectKind::Domain, &node.domain_name).await?;
-                        }
-                    }
-                    (Step::RemoveNodeFiles(_), Some(node)) => {
-                        host::remove_file(&host::seed_stamp(&node.seed_iso))?;
-                        for f in [&node.seed_iso, &node.console_log] {
-                            host::remove_file(f)?;
-                            op.removed(ObjectKind::File, f.to_string_lossy()).await?;
-                        }
-                    }
-                    (Step::RemoveOverlay(_), Some(node)) => {
-                        host::remove_file(&node.overlay)?;
-                        op.removed(ObjectKind::File, node.overlay.to_string_lossy()).await?;
-                        for d in node.extra_disks.iter().filter(|d| ours.contains(&d.path)) {
-                            host::remove_file(&d.path)?;
-                            op.removed(ObjectKind::File, d.path.to_string_lossy()).await?;
-                        }
-                    }
-                    (Step::RemoveNetwork, _) => {
-                        let s = spec.clone();
-                        if ask(&ctx.hostnet, move |reply| HostNetMsg::Remove { spec: s, reply }, None).await?? {
-                            op.removed(ObjectKind::Network, &spec.network.name).await?;
-                        }
-                        resolved.network_active.store(false, Ordering::Relaxed);
-                    }
-                    (Step::RemoveDir, _) => {
-                        host::remove_file(&spec.dir.join(host::OWNER_MARKER))?;
-                        match std::fs::remove_dir(&spec.dir) {
-                            Ok(()) => op.removed(ObjectKind::File, spec.dir.to_string_lossy()).await?,
-                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                            Err(e) => tracing::warn!(dir = %spec.dir.display(), error = %e, "cluster directory left in place"),
-                        }
-                    }
-                    (other, _) => return Err(EngineError::Internal(format!("step {} is not part of destroy", other.name()))),
-                }
-                Ok(())
-            })
-            .await?;
-        }
-        let status = status_after_destroy(&spec);
-        op.record(BodyV1::ClusterRemoved { op_id: op.id, cluster: spec.name.clone() }).await?;
-        let c = spec.name.clone();
-        ask(&ctx.me, move |reply| ClusterMsg::Unregister { cluster: c, reply }, None).await?;
-        Ok(status)
-    }
-    .await;
-    op.finish(&result, true).await;
-    Reply {
-        op_id: Some(op.id),
-        result,
-    }
+fn created_files(journal: &Journal, cluster: &str) -> Vec<PathBuf> {
+    journal.view(|p| {
+        p.owned(cluster)
+            .filter(|(k, _)| *k == ObjectKind::File)
+            .map(|(_, id)| PathBuf::from(id))
+            .collect()
+    })
 }
 
 fn status_after_destroy(spec: &ClusterSpec) -> ClusterStatus {
@@ -1545,100 +2071,6 @@ async fn handle(
     })
 }
 
-async fn node_op(ctx: Ctx, cluster: String, node: String, op_kind: NodeOp) -> Reply<NodeResult> {
-    let resolved = match ctx.resolve(&cluster).await {
-        Ok(r) => r,
-        Err(e) => return Reply::refused(e),
-    };
-    let actor = match resolved.node(&node) {
-        Ok(a) => a,
-        Err(e) => return Reply::refused(e),
-    };
-    let name = resolved.spec.name.clone();
-    let _guard = ctx.lock(&name).await;
-    let params = json!({ "node": node, "op": format!("{op_kind:?}") });
-    let op = match Op::begin(&ctx.journal, op_kind.tool(), &name, &params).await {
-        Ok(op) => op,
-        Err(e) => return Reply::refused(e),
-    };
-    let result = async {
-        let wait = |timeout: Duration| {
-            ask_node(&actor, move |reply| NodeMsg::WaitReady { timeout, reply })
-        };
-        let start = |timeout: Duration| {
-            ask_node(&actor, move |reply| NodeMsg::Start {
-                ready_timeout: timeout,
-                reply,
-            })
-        };
-        match op_kind {
-            NodeOp::Crash {
-                restart_after,
-                wait_for_ssh,
-                ssh_timeout,
-            } => {
-                ask_node(&actor, |reply| NodeMsg::Stop {
-                    graceful: None,
-                    reply,
-                })
-                .await?;
-                ask(&actor, |r| NodeMsg::Refresh { reply: Some(r) }, None).await?;
-                if restart_after {
-                    start(ssh_timeout).await?;
-                    if wait_for_ssh {
-                        wait(ssh_timeout).await?;
-                    }
-                }
-            }
-            NodeOp::Start {
-                wait_for_ssh,
-                ssh_timeout,
-            } => {
-                start(ssh_timeout).await?;
-                if wait_for_ssh {
-                    wait(ssh_timeout).await?;
-                }
-            }
-            NodeOp::Stop { mode, timeout } => {
-                let graceful = (mode == StopMode::Shutdown).then_some(timeout);
-                ask_node(&actor, |reply| NodeMsg::Stop { graceful, reply }).await?;
-                ask(&actor, |r| NodeMsg::Refresh { reply: Some(r) }, None).await?;
-            }
-            NodeOp::Reboot {
-                hard,
-                wait_for_ssh,
-                ssh_timeout,
-            } => {
-                ask_node(&actor, |reply| NodeMsg::Reboot {
-                    hard,
-                    ready_timeout: ssh_timeout,
-                    reply,
-                })
-                .await?;
-                if wait_for_ssh {
-                    wait(ssh_timeout).await?;
-                }
-            }
-        }
-        let status = ctx.status(&name).await?;
-        let node_status = status
-            .nodes
-            .into_iter()
-            .find(|n| n.name == node)
-            .ok_or_else(|| EngineError::Internal("node vanished from status".into()))?;
-        Ok(NodeResult {
-            cluster_name: name.clone(),
-            node: node_status,
-        })
-    }
-    .await;
-    op.finish(&result, true).await;
-    Reply {
-        op_id: Some(op.id),
-        result,
-    }
-}
-
 /// Runs a command on the chosen nodes concurrently. Each node's failure stays that node's: an
 /// unreachable node is an `SSH` error in its slot, never a fake exit code.
 async fn exec(
@@ -1695,7 +2127,7 @@ async fn exec(
             Err(_) => (n.clone(), None, false),
         })
         .collect());
-    op.finish(&summary, true).await;
+    op.finish(&summary, Outcome::Indeterminate).await;
     Reply {
         op_id: Some(op.id),
         result: Ok(outcomes),

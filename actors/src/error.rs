@@ -96,6 +96,9 @@ pub enum EngineError {
     /// A bug.
     #[error("Internal error: {0}")]
     Internal(String),
+    /// The caller cancelled the operation; it stopped between two steps.
+    #[error("Cancelled before step {0}")]
+    Cancelled(&'static str),
 }
 
 impl EngineError {
@@ -119,6 +122,7 @@ impl EngineError {
                 .map(|(_, e)| e.code())
                 .unwrap_or(ErrorCode::Internal),
             EngineError::Internal(_) => ErrorCode::Internal,
+            EngineError::Cancelled(_) => ErrorCode::Cancelled,
         }
     }
 

@@ -37,12 +37,14 @@ async fn run(action: &str, cmd: &mut Command) -> Result<std::process::Output> {
     Ok(out)
 }
 
-fn tmp_sibling(path: &Path) -> PathBuf {
+/// Where `path` is written before its atomic rename. Deterministic, so an interrupted write
+/// is overwritten by the next attempt and removed by undo (callers hold the cluster's lock).
+pub fn tmp_sibling(path: &Path) -> PathBuf {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp-{}", uuid::Uuid::new_v4().simple()))
+    path.with_file_name(format!(".{name}.tmp"))
 }
 
 /// Creates `dir` and missing parents, world-traversable (QEMU runs as another user).

@@ -21,20 +21,67 @@ pub mod hostnet;
 pub mod libvirt;
 pub mod node;
 pub mod ops;
+pub mod optrack;
 pub mod ssh;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorRef};
+use tokio::sync::{oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 use vmcluster_engine::config::Config;
-use vmcluster_engine::view::{ClusterHandle, ClusterList, ClusterStatus, NodeResult};
+use vmcluster_engine::view::{
+    ClusterHandle, ClusterList, ClusterStatus, NodeResult, OpList, OpStatus,
+};
 use vmcluster_journal::Journal;
 
 use cluster::{ClusterActor, ClusterArgs, ClusterMsg, ask};
 pub use cluster::{NodeOp, Reply, StopMode};
 pub use error::{EngineError, Result};
 use hostnet::{HostNetActor, HostNetMsg};
+pub use ops::OpProgress;
+use ops::{OpControl, Ticket};
+use optrack::OpTracker;
+
+/// How a caller wants a slow command run.
+#[derive(Debug, Default)]
+pub struct Submit {
+    /// Return `Running` after this long (the work goes on); `None` waits for the end.
+    pub wait: Option<Duration>,
+    /// Cancels the command at its next step boundary.
+    pub cancel: Option<CancellationToken>,
+    /// Receives the command's progress.
+    pub progress: Option<watch::Sender<OpProgress>>,
+}
+
+/// A slow command's answer: its reply, or its id when the caller's wait ran out first.
+#[derive(Debug)]
+pub enum Submitted<T> {
+    /// It ended within the wait.
+    Done(Reply<T>),
+    /// It is still running; ask `op_status` / `op_wait` with this id.
+    Running {
+        /// The operation's id.
+        op_id: Uuid,
+    },
+}
+
+impl<T> Submitted<T> {
+    /// The reply, when the caller waited for the end.
+    fn into_reply(self) -> Reply<T> {
+        match self {
+            Submitted::Done(r) => r,
+            Submitted::Running { op_id } => Reply {
+                op_id: Some(op_id),
+                result: Err(EngineError::Internal(
+                    "the operation is still running".into(),
+                )),
+            },
+        }
+    }
+}
 
 /// The running engine: actors, libvirt connection and journal of one process.
 #[derive(Debug, Clone)]
@@ -43,6 +90,7 @@ pub struct Engine {
     hostnet: ActorRef<HostNetMsg>,
     journal: Journal,
     config: Arc<Config>,
+    tracker: Arc<OpTracker>,
 }
 
 impl Engine {
@@ -75,11 +123,14 @@ impl Engine {
                 }
             }
         });
+        // Settle what the last run left in flight before accepting any call.
+        ask(&cluster, |reply| ClusterMsg::Settle { reply }, None).await?;
         Ok(Engine {
             cluster,
             hostnet,
             journal,
             config,
+            tracker: Arc::default(),
         })
     }
 
@@ -118,11 +169,68 @@ impl Engine {
         }
     }
 
+    /// Sends a journaled command with a fresh op id, and waits for it as `opts` says.
+    async fn submit<T: Send + 'static>(
+        &self,
+        tool: &str,
+        cluster: Option<&str>,
+        opts: Submit,
+        msg: impl FnOnce(Ticket, ractor::RpcReplyPort<Reply<T>>) -> ClusterMsg + Send + 'static,
+    ) -> Submitted<T> {
+        let ticket = Ticket {
+            op_id: Uuid::now_v7(),
+            control: OpControl {
+                cancel: opts.cancel.unwrap_or_default(),
+                progress: opts.progress,
+            },
+        };
+        let op_id = ticket.op_id;
+        self.tracker
+            .register(op_id, tool, cluster, ticket.control.cancel.clone());
+        let (tx, rx) = oneshot::channel();
+        let engine = self.clone();
+        tokio::spawn(async move {
+            let reply = engine.reply(|reply| msg(ticket, reply)).await;
+            let refused = match (&reply.op_id, &reply.result) {
+                (None, Err(e)) => Some(e),
+                _ => None,
+            };
+            engine.tracker.complete(op_id, refused);
+            let _ = tx.send(reply);
+        });
+        let lost = || Reply {
+            op_id: Some(op_id),
+            result: Err(EngineError::Internal(
+                "the command's task ended without a reply".into(),
+            )),
+        };
+        match opts.wait {
+            None => Submitted::Done(rx.await.unwrap_or_else(|_| lost())),
+            Some(w) => match tokio::time::timeout(w, rx).await {
+                Ok(r) => Submitted::Done(r.unwrap_or_else(|_| lost())),
+                Err(_) => Submitted::Running { op_id },
+            },
+        }
+    }
+
     /// `cluster_define`: converge the host to the topology `topology`.
     pub async fn define(&self, topology: &str) -> Reply<ClusterStatus> {
-        let topology = topology.to_owned();
-        self.reply(|reply| ClusterMsg::Define { topology, reply })
+        self.define_with(topology, Submit::default())
             .await
+            .into_reply()
+    }
+
+    /// [`Engine::define`] with a bounded wait, cancellation and progress.
+    pub async fn define_with(&self, topology: &str, opts: Submit) -> Submitted<ClusterStatus> {
+        let topology = topology.to_owned();
+        self.submit("cluster_define", None, opts, |ticket, reply| {
+            ClusterMsg::Define {
+                topology,
+                ticket,
+                reply,
+            }
+        })
+        .await
     }
 
     /// `cluster_start`: boot every node, optionally waiting for readiness.
@@ -132,13 +240,32 @@ impl Engine {
         wait_for_ssh: bool,
         ssh_timeout: Duration,
     ) -> Reply<ClusterStatus> {
-        let cluster = cluster.to_owned();
-        self.reply(|reply| ClusterMsg::Start {
-            cluster,
-            wait_for_ssh,
-            ssh_timeout,
-            reply,
-        })
+        self.start_cluster_with(cluster, wait_for_ssh, ssh_timeout, Submit::default())
+            .await
+            .into_reply()
+    }
+
+    /// [`Engine::start_cluster`] with a bounded wait, cancellation and progress.
+    pub async fn start_cluster_with(
+        &self,
+        cluster: &str,
+        wait_for_ssh: bool,
+        ssh_timeout: Duration,
+        opts: Submit,
+    ) -> Submitted<ClusterStatus> {
+        let c = cluster.to_owned();
+        self.submit(
+            "cluster_start",
+            Some(cluster),
+            opts,
+            move |ticket, reply| ClusterMsg::Start {
+                cluster: c,
+                wait_for_ssh,
+                ssh_timeout,
+                ticket,
+                reply,
+            },
+        )
         .await
     }
 
@@ -149,25 +276,85 @@ impl Engine {
         mode: StopMode,
         timeout: Duration,
     ) -> Reply<ClusterStatus> {
-        let cluster = cluster.to_owned();
-        self.reply(|reply| ClusterMsg::Stop {
-            cluster,
-            mode,
-            timeout,
-            reply,
+        self.stop_cluster_with(cluster, mode, timeout, Submit::default())
+            .await
+            .into_reply()
+    }
+
+    /// [`Engine::stop_cluster`] with a bounded wait, cancellation and progress.
+    pub async fn stop_cluster_with(
+        &self,
+        cluster: &str,
+        mode: StopMode,
+        timeout: Duration,
+        opts: Submit,
+    ) -> Submitted<ClusterStatus> {
+        let c = cluster.to_owned();
+        self.submit("cluster_stop", Some(cluster), opts, move |ticket, reply| {
+            ClusterMsg::Stop {
+                cluster: c,
+                mode,
+                timeout,
+                ticket,
+                reply,
+            }
         })
         .await
     }
 
     /// `cluster_destroy`.
     pub async fn destroy(&self, cluster: &str, remove_overlays: bool) -> Reply<ClusterStatus> {
-        let cluster = cluster.to_owned();
-        self.reply(|reply| ClusterMsg::Destroy {
-            cluster,
-            remove_overlays,
-            reply,
-        })
+        self.destroy_with(cluster, remove_overlays, Submit::default())
+            .await
+            .into_reply()
+    }
+
+    /// [`Engine::destroy`] with a bounded wait, cancellation and progress.
+    pub async fn destroy_with(
+        &self,
+        cluster: &str,
+        remove_overlays: bool,
+        opts: Submit,
+    ) -> Submitted<ClusterStatus> {
+        let c = cluster.to_owned();
+        self.submit(
+            "cluster_destroy",
+            Some(cluster),
+            opts,
+            move |ticket, reply| ClusterMsg::Destroy {
+                cluster: c,
+                remove_overlays,
+                ticket,
+                reply,
+            },
+        )
         .await
+    }
+
+    /// `op_status`: an operation as the journal records it.
+    pub fn op_status(&self, op_id: Uuid) -> Result<OpStatus> {
+        optrack::op_status(&self.journal, &self.tracker, op_id)
+    }
+
+    /// `op_wait`: waits up to `wait` for an operation to finish.
+    pub async fn op_wait(&self, op_id: Uuid, wait: Duration) -> Result<OpStatus> {
+        optrack::op_wait(&self.journal, &self.tracker, op_id, wait).await
+    }
+
+    /// `op_list`: recent operations, newest first.
+    pub fn op_list(&self, cluster: Option<&str>, limit: usize) -> OpList {
+        optrack::op_list(&self.journal, cluster, limit)
+    }
+
+    /// `op_cancel`: asks a running operation to stop at its next step boundary.
+    pub fn op_cancel(&self, op_id: Uuid) -> Result<OpStatus> {
+        let status = self.op_status(op_id)?;
+        if status.state != vmcluster_engine::view::OpState::Running || !self.tracker.cancel(op_id) {
+            return Err(EngineError::FailedPrecondition(format!(
+                "Operation {op_id} is not running in this server"
+            )));
+        }
+        Ok(status)
     }
 
     /// `cluster_status`: from actor state, never waiting on the network.
@@ -279,12 +466,28 @@ impl Engine {
 
     /// `node_crash`, `node_start`, `node_stop`, `node_reboot`.
     pub async fn node(&self, cluster: &str, node: &str, op: NodeOp) -> Reply<NodeResult> {
-        let (cluster, node) = (cluster.to_owned(), node.to_owned());
-        self.reply(|reply| ClusterMsg::Node {
-            cluster,
-            node,
-            op,
-            reply,
+        self.node_with(cluster, node, op, Submit::default())
+            .await
+            .into_reply()
+    }
+
+    /// [`Engine::node`] with a bounded wait, cancellation and progress.
+    pub async fn node_with(
+        &self,
+        cluster: &str,
+        node: &str,
+        op: NodeOp,
+        opts: Submit,
+    ) -> Submitted<NodeResult> {
+        let (c, node) = (cluster.to_owned(), node.to_owned());
+        self.submit(op.tool(), Some(cluster), opts, move |ticket, reply| {
+            ClusterMsg::Node {
+                cluster: c,
+                node,
+                op,
+                ticket,
+                reply,
+            }
         })
         .await
     }

@@ -33,6 +33,8 @@ pub enum ErrorCode {
     CommandFailed,
     /// A bug: the server reached a state it should never reach.
     Internal,
+    /// The operation was cancelled (between two steps; its outcome is journaled).
+    Cancelled,
 }
 
 impl ErrorCode {
@@ -50,6 +52,7 @@ impl ErrorCode {
             ErrorCode::FailedPrecondition => "FAILED_PRECONDITION",
             ErrorCode::CommandFailed => "COMMAND_FAILED",
             ErrorCode::Internal => "INTERNAL",
+            ErrorCode::Cancelled => "CANCELLED",
         }
     }
 

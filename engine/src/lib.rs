@@ -11,6 +11,7 @@ pub mod error;
 pub mod names;
 pub mod plan;
 pub mod probe;
+pub mod recovery;
 pub mod seed;
 pub mod state;
 pub mod topology;

@@ -37,6 +37,12 @@ pub enum Step {
     RemoveNetwork,
     /// Remove the cluster directory when empty.
     RemoveDir,
+    /// Power the node on if it is off.
+    StartDomain(String),
+    /// Wait until the node is ready (SSH login works, cloud-init finished).
+    WaitReady(String),
+    /// Reboot the node (ACPI or reset).
+    RebootDomain(String),
 }
 
 impl Step {
@@ -56,6 +62,9 @@ impl Step {
             Step::RemoveOverlay(_) => "remove_overlay",
             Step::RemoveNetwork => "remove_network",
             Step::RemoveDir => "remove_dir",
+            Step::StartDomain(_) => "start_domain",
+            Step::WaitReady(_) => "wait_ready",
+            Step::RebootDomain(_) => "reboot_domain",
         }
     }
 
@@ -69,7 +78,10 @@ impl Step {
             | Step::StopDomain(n)
             | Step::UndefineDomain(n)
             | Step::RemoveNodeFiles(n)
-            | Step::RemoveOverlay(n) => Some(n),
+            | Step::RemoveOverlay(n)
+            | Step::StartDomain(n)
+            | Step::WaitReady(n)
+            | Step::RebootDomain(n) => Some(n),
             _ => None,
         }
     }

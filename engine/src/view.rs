@@ -218,3 +218,83 @@ pub struct DmesgCollectResult {
     /// Per-node selections, in the order asked.
     pub nodes: Vec<NodeDmesg>,
 }
+
+/// Whether an operation is still running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OpState {
+    /// Still running (or accepted and not yet journaled).
+    Running,
+    /// Finished; see `outcome`.
+    Finished,
+}
+
+/// How a finished operation ended (Jepsen's three: ok, fail, info).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OpOutcome {
+    /// Its effects are in place.
+    Applied,
+    /// Nothing of it remains on the host (refused, failed before any effect, or rolled back).
+    NotApplied,
+    /// Part of it may have happened; `error` says what is known.
+    Indeterminate,
+}
+
+/// One step of an operation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct OpStep {
+    /// Step name (`define_domain`).
+    pub step: String,
+    /// Node it acted on.
+    pub node: Option<String>,
+    /// `started`, `succeeded` or `failed`.
+    pub state: String,
+    /// Error text of a failed step.
+    pub detail: Option<String>,
+}
+
+/// An operation's error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct OpError {
+    /// Stable error code.
+    pub code: String,
+    /// What went wrong.
+    pub message: String,
+}
+
+/// An operation as the journal records it (`op_status`, `op_wait`, `op_list`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct OpStatus {
+    /// Operation id.
+    pub op_id: String,
+    /// Tool that started it.
+    pub tool: String,
+    /// Target cluster.
+    pub cluster_name: Option<String>,
+    /// Running or finished.
+    pub state: OpState,
+    /// Outcome, once finished.
+    pub outcome: Option<OpOutcome>,
+    /// When it started (RFC 3339), if it reached the journal.
+    pub started_at: Option<String>,
+    /// When it finished (RFC 3339).
+    pub finished_at: Option<String>,
+    /// Its steps, in the order they began.
+    pub steps: Vec<OpStep>,
+    /// Whether it was rolled back (undone) after a failure or a crash.
+    pub rolled_back: bool,
+    /// Its error, if it failed.
+    pub error: Option<OpError>,
+    /// Its result, if it succeeded (the same JSON the tool returned).
+    pub result: Option<serde_json::Value>,
+}
+
+/// Operations, newest first (`op_list`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct OpList {
+    /// The operations.
+    pub ops: Vec<OpStatus>,
+    /// Finished operations the server no longer remembers (retention).
+    pub retired: u64,
+}

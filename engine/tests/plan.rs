@@ -158,6 +158,9 @@ fn every_step() -> Vec<(Step, &'static str)> {
         (Step::RemoveOverlay(n()), "remove_overlay"),
         (Step::RemoveNetwork, "remove_network"),
         (Step::RemoveDir, "remove_dir"),
+        (Step::StartDomain(n()), "start_domain"),
+        (Step::WaitReady(n()), "wait_ready"),
+        (Step::RebootDomain(n()), "reboot_domain"),
     ];
     for (s, _) in &all {
         match s {
@@ -173,7 +176,10 @@ fn every_step() -> Vec<(Step, &'static str)> {
             | Step::RemoveNodeFiles(_)
             | Step::RemoveOverlay(_)
             | Step::RemoveNetwork
-            | Step::RemoveDir => {}
+            | Step::RemoveDir
+            | Step::StartDomain(_)
+            | Step::WaitReady(_)
+            | Step::RebootDomain(_) => {}
         }
     }
     all

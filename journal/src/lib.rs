@@ -37,18 +37,20 @@
 //! The crate knows nothing of libvirt, SSH or MCP.
 
 pub mod codec;
+pub mod projection;
 pub mod record;
 pub mod sled_store;
 pub mod store;
 
 pub use codec::{DecodeError, EncodeError};
+pub use projection::{OpInfo, Projection, StepInfo, StepState};
 pub use record::{BodyV1, JournalRecord, ObjectKind, Outcome, RecordV1};
 pub use sled_store::SledStore;
 pub use store::{MemStore, Store, StoreError};
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, RwLock, mpsc};
 use std::thread::JoinHandle;
 use thiserror::Error;
 use tokio::sync::{broadcast, oneshot};
@@ -136,6 +138,8 @@ struct Inner {
     /// Highest durable seq; 0 = none (seqs start at 1).
     durable_seq: Arc<AtomicU64>,
     events: broadcast::Sender<RecordV1>,
+    /// What the durable records add up to; updated by the writer before it acknowledges.
+    projection: Arc<RwLock<Projection>>,
 }
 
 impl Drop for Inner {
@@ -186,7 +190,10 @@ fn decode_at(seq: u64, bytes: &[u8]) -> Result<JournalRecord, JournalError> {
 
 /// Scans and validates the whole store; returns what was found and the next
 /// sequence number to assign.
-fn recover(store: &dyn Store) -> Result<(Recovery, u64), JournalError> {
+fn recover(
+    store: &dyn Store,
+    projection: &mut Projection,
+) -> Result<(Recovery, u64), JournalError> {
     let mut records = 0u64;
     let mut last_valid: Option<u64> = None;
     let mut max_key: Option<u64> = None;
@@ -211,7 +218,10 @@ fn recover(store: &dyn Store) -> Result<(Recovery, u64), JournalError> {
         }
         max_key = Some(seq);
         match decode_at(seq, &bytes) {
-            Ok(_) => {
+            Ok(rec) => {
+                if let Err(e) = projection.apply(&rec.into_v1()) {
+                    tracing::warn!(error = %e, "journal replay");
+                }
                 records += 1;
                 last_valid = Some(seq);
             }
@@ -252,8 +262,18 @@ impl Journal {
 
     /// Like [`Journal::open`] on any [`Store`] (e.g. [`MemStore`] in tests).
     pub fn open_store<S: Store>(store: S) -> Result<(Journal, Recovery), JournalError> {
+        Self::open_store_with(store, projection::DEFAULT_RETAIN_OPS)
+    }
+
+    /// Like [`Journal::open_store`], keeping `retain_ops` finished operations in the projection.
+    pub fn open_store_with<S: Store>(
+        store: S,
+        retain_ops: usize,
+    ) -> Result<(Journal, Recovery), JournalError> {
         let store: Arc<dyn Store> = Arc::new(store);
-        let (recovery, next_seq) = recover(store.as_ref())?;
+        let mut proj = Projection::new(retain_ops);
+        let (recovery, next_seq) = recover(store.as_ref(), &mut proj)?;
+        let projection = Arc::new(RwLock::new(proj));
         let durable_seq = Arc::new(AtomicU64::new(recovery.last_seq.unwrap_or(0)));
         let (events, _) = broadcast::channel(SUBSCRIBE_CAPACITY);
         let (tx, rx) = mpsc::channel::<Request>();
@@ -261,9 +281,10 @@ impl Journal {
             let store = Arc::clone(&store);
             let durable_seq = Arc::clone(&durable_seq);
             let events = events.clone();
+            let projection = Arc::clone(&projection);
             std::thread::Builder::new()
                 .name("vmcluster-journal-writer".into())
-                .spawn(move || writer_loop(store, rx, next_seq, durable_seq, events))
+                .spawn(move || writer_loop(store, rx, next_seq, durable_seq, events, projection))
                 .map_err(|e| JournalError::Store(StoreError::Io(format!("spawn writer: {e}"))))?
         };
         let journal = Journal {
@@ -273,6 +294,7 @@ impl Journal {
                 writer: Some(writer),
                 durable_seq,
                 events,
+                projection,
             }),
         };
         Ok((journal, recovery))
@@ -343,6 +365,17 @@ impl Journal {
         }
     }
 
+    /// Reads the projection (what every durable record adds up to). Keep `f` short: the
+    /// writer waits for it before acknowledging the next commit.
+    pub fn view<R>(&self, f: impl FnOnce(&Projection) -> R) -> R {
+        let p = self
+            .inner
+            .projection
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        f(&p)
+    }
+
     /// Live tail: every record appended from now on, in seq order, sent
     /// after it is durable. Ends (`Closed`) when the journal shuts down.
     pub fn subscribe(&self) -> broadcast::Receiver<RecordV1> {
@@ -362,6 +395,7 @@ fn writer_loop(
     mut next_seq: u64,
     durable_seq: Arc<AtomicU64>,
     events: broadcast::Sender<RecordV1>,
+    projection: Arc<RwLock<Projection>>,
 ) {
     let mut poisoned: Option<String> = None;
     while let Ok(first) = rx.recv() {
@@ -401,6 +435,17 @@ fn writer_loop(
 
         match store.put_batch(&items).and_then(|()| store.flush()) {
             Ok(()) => {
+                {
+                    // Fold before acknowledging: whoever sees the ack sees its effect.
+                    let mut p = projection.write().unwrap_or_else(|p| p.into_inner());
+                    for (_, recs) in &staged {
+                        for r in recs {
+                            if let Err(e) = p.apply(r) {
+                                tracing::warn!(error = %e, "journal projection");
+                            }
+                        }
+                    }
+                }
                 if let Some((last, _)) = items.last() {
                     durable_seq.store(*last, Ordering::Release);
                 }

@@ -245,6 +245,14 @@ pub enum BodyV1 {
         /// The key in OpenSSH format (`ssh-ed25519 AAAA...`).
         key_openssh: String,
     },
+    /// A failed operation began undoing what it did; its objects are removed next, and its
+    /// outcome follows. Restart continues a rollback that was interrupted.
+    RollbackStarted {
+        /// Operation id.
+        op_id: Uuid,
+        /// Why (the error that made it roll back).
+        reason: String,
+    },
 }
 
 impl BodyV1 {
@@ -258,7 +266,8 @@ impl BodyV1 {
             | BodyV1::ClusterDefined { op_id, .. }
             | BodyV1::ClusterRemoved { op_id, .. }
             | BodyV1::ObjectCreated { op_id, .. }
-            | BodyV1::ObjectRemoved { op_id, .. } => Some(*op_id),
+            | BodyV1::ObjectRemoved { op_id, .. }
+            | BodyV1::RollbackStarted { op_id, .. } => Some(*op_id),
             BodyV1::NodeEvent { .. } | BodyV1::HostKeyPinned { .. } => None,
         }
     }
@@ -276,6 +285,7 @@ impl BodyV1 {
             BodyV1::ObjectRemoved { .. } => "object_removed",
             BodyV1::NodeEvent { .. } => "node_event",
             BodyV1::HostKeyPinned { .. } => "host_key_pinned",
+            BodyV1::RollbackStarted { .. } => "rollback_started",
         }
     }
 }

@@ -98,6 +98,7 @@ fn body() -> impl Strategy<Value = BodyV1> {
             node,
             key_openssh
         }),
+        (uuid(), s()).prop_map(|(op_id, reason)| BodyV1::RollbackStarted { op_id, reason }),
     ]
 }
 

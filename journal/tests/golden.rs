@@ -78,6 +78,10 @@ fn fixtures() -> Vec<RecordV1> {
             node: "lab-1".into(),
             key_openssh: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB0g vmcluster".into(),
         },
+        BodyV1::RollbackStarted {
+            op_id: OP,
+            reason: "step define_domain on lab-2 failed: libvirt refused".into(),
+        },
     ];
     bodies
         .into_iter()
@@ -101,7 +105,8 @@ fn fixture_name(body: &BodyV1) -> &'static str {
         | BodyV1::ObjectCreated { .. }
         | BodyV1::ObjectRemoved { .. }
         | BodyV1::NodeEvent { .. }
-        | BodyV1::HostKeyPinned { .. } => body.kind_name(),
+        | BodyV1::HostKeyPinned { .. }
+        | BodyV1::RollbackStarted { .. } => body.kind_name(),
     }
 }
 

@@ -314,6 +314,8 @@ fn emit<T: Serialize>(reply: Reply<T>, json: bool, human: fn(&T)) -> i32 {
                 result: None,
                 error: Some(ToolError::from_engine(&e)),
                 op_id: reply.op_id.map(|u| u.to_string()),
+                state: None,
+                outcome: None,
             },
         ),
     };

@@ -10,8 +10,9 @@ use rmcp::model::{CallToolResponse, CallToolResult, JsonObject};
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use vmcluster_actors::{EngineError, Reply};
+use vmcluster_actors::{Engine, EngineError, Reply, Submitted};
 use vmcluster_engine::ErrorCode;
+use vmcluster_engine::view::{OpOutcome, OpState};
 
 /// One node's share of a multi-node failure.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -132,16 +133,25 @@ pub struct Envelope<T> {
     pub error: Option<ToolError>,
     /// Id of the journaled operation (mutating tools only).
     pub op_id: Option<String>,
+    /// Mutating tools: `running` when the call's wait ran out and the operation goes on
+    /// (`result` is then empty; follow `op_id` with op_wait), else `finished`.
+    pub state: Option<OpState>,
+    /// Mutating tools, once finished: `applied`, `not_applied` (nothing of it remains) or
+    /// `indeterminate` (part of it may have happened; see `error`).
+    pub outcome: Option<OpOutcome>,
 }
 
 impl<T> Envelope<T> {
     /// A success.
     pub fn ok(result: T, op_id: Option<uuid::Uuid>) -> Envelope<T> {
+        let journaled = op_id.is_some();
         Envelope {
             success: true,
             result: Some(result),
             error: None,
             op_id: op_id.map(|u| u.to_string()),
+            state: journaled.then_some(OpState::Finished),
+            outcome: journaled.then_some(OpOutcome::Applied),
         }
     }
 }
@@ -158,6 +168,8 @@ impl Failure {
             result: None,
             error: Some(error),
             op_id: op_id.map(|u| u.to_string()),
+            state: None,
+            outcome: None,
         };
         Failure(serde_json::to_value(env).unwrap_or_default())
     }
@@ -175,6 +187,8 @@ impl Failure {
             result: Some(result),
             error: Some(error),
             op_id: op_id.map(|u| u.to_string()),
+            state: None,
+            outcome: None,
         };
         Failure(serde_json::to_value(env).unwrap_or_default())
     }
@@ -225,4 +239,41 @@ pub fn parse<P: DeserializeOwned>(args: JsonObject) -> Result<P, Failure> {
 pub fn input_schema<P: JsonSchema + 'static>() -> std::sync::Arc<JsonObject> {
     rmcp::handler::server::common::schema_for_input::<P>()
         .expect("parameter types are JSON objects")
+}
+
+/// Turns a slow command's answer into a tool result: its reply with the journaled outcome, or
+/// `{success: true, state: running, op_id}` when the wait ran out first.
+pub fn from_submitted<T>(engine: &Engine, s: Submitted<T>) -> ToolResult<T> {
+    match s {
+        Submitted::Running { op_id } => Ok(rmcp::Json(Envelope {
+            success: true,
+            result: None,
+            error: None,
+            op_id: Some(op_id.to_string()),
+            state: Some(OpState::Running),
+            outcome: None,
+        })),
+        Submitted::Done(r) => match r.result {
+            Ok(v) => Ok(rmcp::Json(Envelope::ok(v, r.op_id))),
+            Err(e) => {
+                let outcome = match r.op_id {
+                    None => OpOutcome::NotApplied,
+                    Some(id) => engine
+                        .op_status(id)
+                        .ok()
+                        .and_then(|s| s.outcome)
+                        .unwrap_or(OpOutcome::Indeterminate),
+                };
+                let env: Envelope<()> = Envelope {
+                    success: false,
+                    result: None,
+                    error: Some(ToolError::from_engine(&e)),
+                    op_id: r.op_id.map(|u| u.to_string()),
+                    state: Some(OpState::Finished),
+                    outcome: Some(outcome),
+                };
+                Err(Failure(serde_json::to_value(env).unwrap_or_default()))
+            }
+        },
+    }
 }

@@ -8,4 +8,5 @@ pub mod cli;
 pub mod envelope;
 pub mod params;
 pub mod server;
+pub mod slow;
 pub mod tools;

@@ -67,6 +67,8 @@ fn startup_failure(json: bool, code: vmcluster_engine::ErrorCode, message: &str)
                 ..vmcluster_mcp::envelope::ToolError::invalid("")
             }),
             op_id: None,
+            state: None,
+            outcome: None,
         };
         println!("{}", serde_json::to_string_pretty(&env).unwrap_or_default());
     }

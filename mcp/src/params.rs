@@ -13,6 +13,13 @@ fn ssh_timeout() -> u64 {
 fn stop_timeout() -> u64 {
     60
 }
+fn wait_s() -> u64 {
+    DEFAULT_WAIT_S
+}
+
+/// How long a slow tool waits for its operation by default: under the 60 s most MCP clients
+/// give a call, so a long operation answers `{state: running, op_id}` instead of timing out.
+pub const DEFAULT_WAIT_S: u64 = 50;
 
 /// `cluster_define`.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -20,6 +27,10 @@ fn stop_timeout() -> u64 {
 pub struct DefineParams {
     /// Topology file name in the topology directory, without `.yaml`.
     pub topology_name: String,
+    /// Seconds to wait for the operation before answering `{state: "running", op_id}` while
+    /// it goes on (0-3600; follow it with op_wait / op_status). Default 50.
+    #[serde(default = "wait_s")]
+    pub wait_s: u64,
 }
 
 /// Tools that take just a cluster.
@@ -47,6 +58,10 @@ pub struct StartParams {
     /// Readiness budget per node in seconds (1-3600). Default 120.
     #[serde(default = "ssh_timeout")]
     pub ssh_timeout_s: u64,
+    /// Seconds to wait for the operation before answering `{state: "running", op_id}` while
+    /// it goes on (0-3600; follow it with op_wait / op_status). Default 50.
+    #[serde(default = "wait_s")]
+    pub wait_s: u64,
 }
 
 /// How to stop.
@@ -72,6 +87,10 @@ pub struct StopParams {
     /// Seconds to wait for a graceful shutdown before forcing power-off (1-3600). Default 60.
     #[serde(default = "stop_timeout")]
     pub timeout_s: u64,
+    /// Seconds to wait for the operation before answering `{state: "running", op_id}` while
+    /// it goes on (0-3600; follow it with op_wait / op_status). Default 50.
+    #[serde(default = "wait_s")]
+    pub wait_s: u64,
 }
 
 /// `cluster_destroy`.
@@ -83,6 +102,10 @@ pub struct DestroyParams {
     /// Also delete the nodes' overlay disks and the extra disks vmcluster created. Default false.
     #[serde(default)]
     pub remove_overlays: bool,
+    /// Seconds to wait for the operation before answering `{state: "running", op_id}` while
+    /// it goes on (0-3600; follow it with op_wait / op_status). Default 50.
+    #[serde(default = "wait_s")]
+    pub wait_s: u64,
 }
 
 /// `node_crash`.
@@ -103,6 +126,10 @@ pub struct CrashParams {
     /// Readiness budget in seconds (1-3600). Default 120.
     #[serde(default = "ssh_timeout")]
     pub ssh_timeout_s: u64,
+    /// Seconds to wait for the operation before answering `{state: "running", op_id}` while
+    /// it goes on (0-3600; follow it with op_wait / op_status). Default 50.
+    #[serde(default = "wait_s")]
+    pub wait_s: u64,
 }
 
 /// `node_start`.
@@ -120,6 +147,10 @@ pub struct NodeStartParams {
     /// Readiness budget in seconds (1-3600). Default 120.
     #[serde(default = "ssh_timeout")]
     pub ssh_timeout_s: u64,
+    /// Seconds to wait for the operation before answering `{state: "running", op_id}` while
+    /// it goes on (0-3600; follow it with op_wait / op_status). Default 50.
+    #[serde(default = "wait_s")]
+    pub wait_s: u64,
 }
 
 /// `node_stop`.
@@ -137,6 +168,10 @@ pub struct NodeStopParams {
     /// Graceful budget in seconds (1-3600). Default 60.
     #[serde(default = "stop_timeout")]
     pub timeout_s: u64,
+    /// Seconds to wait for the operation before answering `{state: "running", op_id}` while
+    /// it goes on (0-3600; follow it with op_wait / op_status). Default 50.
+    #[serde(default = "wait_s")]
+    pub wait_s: u64,
 }
 
 /// `node_reboot`.
@@ -157,6 +192,10 @@ pub struct NodeRebootParams {
     /// Readiness budget in seconds (1-3600). Default 120.
     #[serde(default = "ssh_timeout")]
     pub ssh_timeout_s: u64,
+    /// Seconds to wait for the operation before answering `{state: "running", op_id}` while
+    /// it goes on (0-3600; follow it with op_wait / op_status). Default 50.
+    #[serde(default = "wait_s")]
+    pub wait_s: u64,
 }
 
 /// Checks a duration parameter.
@@ -278,4 +317,48 @@ pub struct DmesgCollectParams {
     /// Cap on lines per node (1-10000). Default 500.
     #[serde(default = "dmesg_max_lines")]
     pub max_lines: usize,
+}
+
+/// Checks a `wait_s` parameter.
+pub fn wait_seconds(v: u64) -> Result<std::time::Duration, String> {
+    if v <= 3600 {
+        Ok(std::time::Duration::from_secs(v))
+    } else {
+        Err(format!("wait_s must be between 0 and 3600, got {v}"))
+    }
+}
+
+/// `op_status` and `op_cancel`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OpParams {
+    /// Operation id (the `op_id` of a tool result).
+    pub op_id: String,
+}
+
+/// `op_wait`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OpWaitParams {
+    /// Operation id.
+    pub op_id: String,
+    /// Seconds to wait for it to finish (0-3600). Default 50.
+    #[serde(default = "wait_s")]
+    pub wait_s: u64,
+}
+
+fn op_list_limit() -> usize {
+    50
+}
+
+/// `op_list`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OpListParams {
+    /// Only this cluster's operations.
+    #[serde(default)]
+    pub cluster_name: Option<String>,
+    /// At most this many, newest first (1-1000). Default 50.
+    #[serde(default = "op_list_limit")]
+    pub limit: usize,
 }

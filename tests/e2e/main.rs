@@ -8,6 +8,7 @@
 
 mod exec;
 mod inputs;
+mod killpoints;
 mod lifecycle;
 mod notready;
 mod partial;

@@ -1,5 +1,6 @@
-//! A define that fails on one node converges when run again, and the failure names the step
-//! and the node.
+//! A define that fails on one node names the step and the node, undoes what it made on the
+//! real host (domains, network, bridge, files: a saga's compensations), leaves what it did not
+//! make alone, and succeeds when run again once the cause is gone.
 
 use serde_json::json;
 use vmcluster_tests::McpClient;
@@ -27,9 +28,26 @@ async fn partial_define_converges_on_rerun() {
         "a journaled failure carries its op_id"
     );
     assert_eq!(
-        host_objects(name).domains,
-        vec![format!("{name}_n1")],
-        "n1 was defined before the failure"
+        failed.envelope["outcome"], "not_applied",
+        "{}",
+        failed.envelope
+    );
+    let objs = host_objects(name);
+    assert!(
+        objs.domains.is_empty() && objs.networks.is_empty() && !objs.bridge,
+        "n1's domain and the network were made before the failure and undone: {objs:?}"
+    );
+    assert!(
+        !s.path()
+            .join("overlays")
+            .join(name)
+            .join("n1.qcow2")
+            .exists(),
+        "n1's overlay was undone"
+    );
+    assert!(
+        squatter.join("x").is_dir(),
+        "the squatter is not ours and stays"
     );
 
     std::fs::remove_dir_all(&squatter).unwrap();

@@ -46,8 +46,8 @@ fn envelope(out: &Output) -> Value {
         .keys()
         .map(String::as_str)
         .collect();
-    assert_eq!(keys.len(), 4, "{v}");
-    for k in ["success", "result", "error", "op_id"] {
+    assert_eq!(keys.len(), 6, "{v}");
+    for k in ["success", "result", "error", "op_id", "state", "outcome"] {
         assert!(keys.contains(&k), "envelope lacks {k}: {v}");
     }
     v

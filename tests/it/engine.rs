@@ -436,41 +436,71 @@ fn restart_in_a_new_process_reports_what_libvirt_has() {
     assert_eq!(nodes[0]["domain"], format!("{}_n1", f.name));
 }
 
-/// A failpoint fails `define_domain` on n2: the error names the step and the node, n1 is
-/// defined, and once the failpoint is gone a re-run converges.
+/// Every step of `cluster_define` fails in turn (an injected error, before and after its side
+/// effect): the error names that step, everything the earlier steps made is undone, the cluster
+/// is not defined, and the journal says `not_applied` with a rollback (promise P3). Without the
+/// failpoint the same define then succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failpoint_in_define_domain_then_converges() {
-    let f = Fixture::new("itfail", &["n1", "n2", "n3"]);
-    let mut env = f.env();
-    env.push(("VMCLUSTER_FAILPOINTS".into(), "define_domain:n2".into()));
-    let c = McpClient::spawn(&env).await;
-    let r = c
-        .call("cluster_define", json!({"topology_name": f.name}))
-        .await;
-    let err = r.err();
-    assert_eq!(err["code"], "INTERNAL", "{err}");
-    assert_eq!(err["step"], "define_domain", "{err}");
-    assert_eq!(err["node"], "n2", "{err}");
-    assert_eq!(err["recoverable"], false, "{err}");
-    assert!(r.envelope["op_id"].is_string(), "journaled: {}", r.envelope);
-    // In the same process (the test driver's state): n1 defined, n2 and n3 not.
-    let s = c
-        .call("cluster_status", json!({"cluster_name": f.name}))
-        .await;
-    let states: Vec<_> = s.ok()["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n["domain_state"].as_str().unwrap().to_owned())
-        .collect();
-    assert_eq!(states, ["shut off", "undefined", "undefined"]);
-    assert!(
-        f.overlay("n2").is_file(),
-        "steps before define_domain ran on n2"
-    );
-    assert!(!f.overlay("n3").exists(), "nothing ran on n3");
-    c.close().await;
-
+async fn every_define_step_failure_unwinds_cleanly() {
+    let f = Fixture::new("itunwind", &["n1", "n2"]);
+    let steps = [
+        ("ensure_dir", None),
+        ("ensure_network", None),
+        ("start_network", None),
+        ("ensure_overlay", Some("n1")),
+        ("ensure_seed", Some("n1")),
+        ("define_domain", Some("n1")),
+        ("ensure_overlay", Some("n2")),
+        ("ensure_seed", Some("n2")),
+        ("define_domain", Some("n2")),
+    ];
+    for (step, node) in steps {
+        for when in ["before", "after"] {
+            let target = match node {
+                Some(n) => format!("{step}:{n}@{when}"),
+                None => format!("{step}@{when}"),
+            };
+            let mut env = f.env();
+            env.push(("VMCLUSTER_FAILPOINTS".into(), target.clone()));
+            let c = McpClient::spawn(&env).await;
+            let r = c
+                .call("cluster_define", json!({"topology_name": f.name}))
+                .await;
+            let err = r.err();
+            assert_eq!(err["step"], step, "{target}: {err}");
+            assert_eq!(err["node"].as_str(), node, "{target}: {err}");
+            assert_eq!(
+                r.envelope["outcome"], "not_applied",
+                "{target}: {}",
+                r.envelope
+            );
+            let op = r.envelope["op_id"].as_str().expect("journaled").to_owned();
+            let st = c.call("op_status", json!({"op_id": op})).await;
+            let st = st.ok();
+            assert_eq!(st["state"], "finished", "{target}: {st}");
+            assert_eq!(st["outcome"], "not_applied", "{target}: {st}");
+            assert_eq!(st["rolled_back"], true, "{target}: {st}");
+            let last = st["steps"].as_array().unwrap().last().unwrap().clone();
+            assert_eq!(
+                (last["step"].as_str(), last["state"].as_str()),
+                (Some(step), Some("failed")),
+                "{target}: {st}"
+            );
+            // Nothing is left: no cluster, no files, no domains.
+            let s = c
+                .call("cluster_status", json!({"cluster_name": f.name}))
+                .await;
+            assert_eq!(s.code(), "NOT_FOUND", "{target}: the cluster is forgotten");
+            assert!(
+                !f.cluster_dir().exists(),
+                "{target}: {:?} left behind",
+                f.cluster_dir()
+            );
+            let list = c.call("cluster_list", json!({})).await;
+            assert_eq!(list.ok()["clusters"], json!([]), "{target}");
+            c.close().await;
+        }
+    }
     let c = McpClient::spawn(&f.env()).await;
     let r = c
         .call("cluster_define", json!({"topology_name": f.name}))
@@ -478,7 +508,153 @@ async fn failpoint_in_define_domain_then_converges() {
     for n in r.ok()["nodes"].as_array().unwrap() {
         assert_eq!(n["domain_state"], "shut off", "{}", r.envelope);
     }
-    assert!(f.overlay("n3").is_file());
+    assert_eq!(r.envelope["outcome"], "applied");
+    assert!(f.overlay("n2").is_file());
+    c.close().await;
+}
+
+/// A slow operation answers `{state: running, op_id}` when its wait runs out, and goes on:
+/// `op_wait` returns its journaled outcome and result; `op_list` shows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_operation_returns_running_then_op_wait_finishes_it() {
+    let f = Fixture::new("itwait", &["n1"]);
+    let mut env = f.env();
+    env.push((
+        "VMCLUSTER_FAILPOINTS".into(),
+        "ensure_seed:n1=delay:1500".into(),
+    ));
+    let c = McpClient::spawn(&env).await;
+    let r = c
+        .call(
+            "cluster_define",
+            json!({"topology_name": f.name, "wait_s": 0}),
+        )
+        .await;
+    assert_eq!(r.envelope["state"], "running", "{}", r.envelope);
+    assert_eq!(r.envelope["success"], true);
+    assert!(r.envelope["result"].is_null());
+    let op = r.envelope["op_id"].as_str().unwrap().to_owned();
+    let st = c.call("op_status", json!({"op_id": op})).await;
+    assert_eq!(st.ok()["state"], "running", "{}", st.envelope);
+    let w = c.call("op_wait", json!({"op_id": op, "wait_s": 60})).await;
+    let w = w.ok();
+    assert_eq!(w["state"], "finished", "{w}");
+    assert_eq!(w["outcome"], "applied", "{w}");
+    assert_eq!(w["result"]["cluster_name"], f.name.as_str(), "{w}");
+    assert_eq!(w["result"]["nodes"][0]["domain_state"], "shut off", "{w}");
+    let l = c.call("op_list", json!({"cluster_name": f.name})).await;
+    assert_eq!(l.ok()["ops"][0]["op_id"], op.as_str());
+    // Bad handles are typed errors.
+    let bad = c.call("op_status", json!({"op_id": "nope"})).await;
+    assert_eq!(bad.code(), "INVALID_ARGUMENT");
+    let unknown = c
+        .call(
+            "op_status",
+            json!({"op_id": uuid::Uuid::now_v7().to_string()}),
+        )
+        .await;
+    assert_eq!(unknown.code(), "NOT_FOUND");
+    let w = c
+        .call("op_wait", json!({"op_id": op, "wait_s": 3601}))
+        .await;
+    assert_eq!(w.code(), "INVALID_ARGUMENT");
+    c.close().await;
+}
+
+/// With a progress token, a define reports each finished step as an MCP progress
+/// notification, counting up to the plan's length.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn define_sends_progress_notifications() {
+    let f = Fixture::new("itprog", &["n1", "n2"]);
+    let c = McpClient::spawn(&f.env()).await;
+    let r = c
+        .call_with_progress("cluster_define", json!({"topology_name": f.name}), "p1")
+        .await;
+    r.ok();
+    // Notifications travel on the same stream ahead of the response, but the client handles
+    // them on its own task: wait (bounded) for the last one.
+    let plan = 3 + 2 * 3;
+    let mut seen = Vec::new();
+    for _ in 0..100 {
+        seen = c.progress();
+        if seen.iter().any(|(p, _, _)| *p as usize == plan) {
+            break;
+        }
+        c.call("cluster_list", json!({})).await.ok();
+    }
+    let done: Vec<usize> = seen.iter().map(|(p, _, _)| *p as usize).collect();
+    assert!(
+        done.windows(2).all(|w| w[0] <= w[1]),
+        "progress only grows: {done:?}"
+    );
+    assert_eq!(done.last(), Some(&plan), "{seen:?}");
+    assert!(
+        seen.iter().all(|(_, t, _)| *t == Some(plan as f64)),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|(_, _, m)| m.as_deref() == Some("define_domain n2")),
+        "messages name the step: {seen:?}"
+    );
+    c.close().await;
+}
+
+/// `op_cancel` stops a define between two steps: it is rolled back and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_define_stops_between_steps_and_rolls_back() {
+    let f = Fixture::new("itcancel", &["n1"]);
+    let mut env = f.env();
+    env.push((
+        "VMCLUSTER_FAILPOINTS".into(),
+        "ensure_overlay:n1=delay:1500".into(),
+    ));
+    let c = McpClient::spawn(&env).await;
+    let r = c
+        .call(
+            "cluster_define",
+            json!({"topology_name": f.name, "wait_s": 0}),
+        )
+        .await;
+    let op = r.envelope["op_id"].as_str().unwrap().to_owned();
+    // Wait until the slow step has begun, then cancel.
+    let mut seen = false;
+    for _ in 0..200 {
+        let st = c.call("op_status", json!({"op_id": op})).await;
+        if st.ok()["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["step"] == "ensure_overlay")
+        {
+            seen = true;
+            break;
+        }
+        let w = c.call("op_wait", json!({"op_id": op, "wait_s": 0})).await;
+        assert_eq!(w.ok()["state"], "running");
+    }
+    assert!(seen, "the op reached ensure_overlay");
+    let cancel = c.call("op_cancel", json!({"op_id": op})).await;
+    assert_eq!(cancel.ok()["state"], "running");
+    let w = c.call("op_wait", json!({"op_id": op, "wait_s": 60})).await;
+    let w = w.ok();
+    assert_eq!(w["outcome"], "not_applied", "{w}");
+    assert_eq!(w["error"]["code"], "CANCELLED", "{w}");
+    assert_eq!(w["rolled_back"], true, "{w}");
+    let steps: Vec<&str> = w["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        steps.last(),
+        Some(&"ensure_overlay"),
+        "stopped after the step in flight: {w}"
+    );
+    assert!(!f.cluster_dir().exists());
+    let again = c.call("op_cancel", json!({"op_id": op})).await;
+    assert_eq!(again.code(), "FAILED_PRECONDITION");
     c.close().await;
 }
 
@@ -496,9 +672,9 @@ async fn squatter_on_an_overlay_path_fails_then_converges() {
     let err = failed(r.result);
     assert_eq!(err.step(), Some("ensure_overlay"), "{err}");
     assert_eq!(err.node(), Some("n2"), "{err}");
-    let s = e.status(&f.name).await.unwrap();
-    assert_eq!(node(&s, "n1").domain_state, DomainState::ShutOff);
-    assert_eq!(node(&s, "n2").domain_state, DomainState::Undefined);
+    // Rolled back: n1's overlay is gone, the cluster is not defined, the squatter stays.
+    assert!(e.status(&f.name).await.is_err(), "the cluster is forgotten");
+    assert!(!f.overlay("n1").exists(), "what the define made is undone");
     assert!(squatter.join("x").is_dir(), "the squatter is left alone");
 
     std::fs::remove_dir_all(&squatter).unwrap();

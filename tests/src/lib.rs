@@ -8,7 +8,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rmcp::model::{CallToolRequestParams, CallToolResult, Tool};
+use rmcp::model::{
+    CallToolRequestParams, CallToolResult, ProgressNotificationParam, ProgressToken,
+    RequestMetaObject, Tool,
+};
+use rmcp::service::NotificationContext;
 use rmcp::service::RunningService;
 use rmcp::transport::{ConfigureCommandExt, TokioChildProcess};
 use rmcp::{RoleClient, ServiceExt};
@@ -182,11 +186,31 @@ pub fn system_ssh(
     c
 }
 
+/// The client side's handler: records the server's progress notifications.
+#[derive(Debug, Clone, Default)]
+pub struct Recorder {
+    progress: Arc<std::sync::Mutex<Vec<ProgressNotificationParam>>>,
+}
+
+impl rmcp::ClientHandler for Recorder {
+    async fn on_progress(
+        &self,
+        params: ProgressNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        self.progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(params);
+    }
+}
+
 /// An MCP client connected to a `vmcluster serve` child process.
 pub struct McpClient {
     /// The running client service.
-    pub service: RunningService<RoleClient, ()>,
+    pub service: RunningService<RoleClient, Recorder>,
     tools: Vec<Tool>,
+    recorder: Recorder,
 }
 
 impl std::fmt::Debug for McpClient {
@@ -244,12 +268,18 @@ impl McpClient {
                 c.env(k, v);
             }
         });
-        let service =
-            ().serve(TokioChildProcess::new(cmd).expect("spawn server"))
-                .await
-                .expect("initialize");
+        let recorder = Recorder::default();
+        let service = recorder
+            .clone()
+            .serve(TokioChildProcess::new(cmd).expect("spawn server"))
+            .await
+            .expect("initialize");
         let tools = service.list_all_tools().await.expect("tools/list");
-        McpClient { service, tools }
+        McpClient {
+            service,
+            tools,
+            recorder,
+        }
     }
 
     /// The advertised tools.
@@ -259,15 +289,51 @@ impl McpClient {
 
     /// Calls `name` with `args` and checks the result against the tool's output schema.
     pub async fn call(&self, name: &str, args: Value) -> Called {
+        self.try_call(name, args)
+            .await
+            .unwrap_or_else(|| panic!("{name}: the server went away (tools/call transport)"))
+    }
+
+    /// Like [`McpClient::call`], asking for progress notifications under `token`.
+    pub async fn call_with_progress(&self, name: &str, args: Value, token: &str) -> Called {
+        let meta = RequestMetaObject::with_progress_token(ProgressToken(
+            rmcp::model::NumberOrString::String(token.to_owned().into()),
+        ));
+        self.call_inner(name, args, Some(meta))
+            .await
+            .unwrap_or_else(|| panic!("{name}: the server went away"))
+    }
+
+    /// Every progress notification received so far, in order: `(progress, total, message)`.
+    /// (rmcp's client gives each request its own token, so the caller's is not echoed.)
+    pub fn progress(&self) -> Vec<(f64, Option<f64>, Option<String>)> {
+        self.recorder
+            .progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|p| (p.progress, p.total, p.message.clone()))
+            .collect()
+    }
+
+    /// Like [`McpClient::call`], but `None` when the server dies before answering (a test
+    /// that kills it on purpose).
+    pub async fn try_call(&self, name: &str, args: Value) -> Option<Called> {
+        self.call_inner(name, args, None).await
+    }
+
+    async fn call_inner(
+        &self,
+        name: &str,
+        args: Value,
+        meta: Option<RequestMetaObject>,
+    ) -> Option<Called> {
         let mut params = CallToolRequestParams::new(name.to_owned());
+        params.meta = meta;
         if let Value::Object(m) = args {
             params = params.with_arguments(m);
         }
-        let res: CallToolResult = self
-            .service
-            .call_tool(params)
-            .await
-            .expect("tools/call transport");
+        let res: CallToolResult = self.service.call_tool(params).await.ok()?;
         let envelope = res
             .structured_content
             .clone()
@@ -278,10 +344,10 @@ impl McpClient {
             .find(|t| t.name == name)
             .unwrap_or_else(|| panic!("unknown tool {name}"));
         check_schema(tool, &envelope);
-        Called {
+        Some(Called {
             is_error: res.is_error.unwrap_or(false),
             envelope,
-        }
+        })
     }
 
     /// Closes the session (the server exits).

@@ -2,11 +2,14 @@
 
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::JsonObject;
-use rmcp::{Json, tool, tool_router};
+use rmcp::service::RequestContext;
+use rmcp::{Json, RoleServer, tool, tool_router};
 use vmcluster_actors::StopMode;
 use vmcluster_engine::view::{ClusterHandle, ClusterList, ClusterStatus};
 
-use crate::envelope::{Envelope, Failure, ToolError, from_reply, from_result, input_schema, parse};
+use crate::envelope::{
+    Envelope, Failure, ToolError, from_result, from_submitted, input_schema, parse,
+};
 use crate::params::{
     ClusterParams, DefineParams, DestroyParams, NoParams, StartParams, StopModeParam, StopParams,
     seconds,
@@ -36,9 +39,14 @@ impl VmclusterServer {
     pub async fn cluster_define(
         &self,
         Parameters(args): Parameters<JsonObject>,
+        ctx: RequestContext<RoleServer>,
     ) -> Result<Json<Envelope<ClusterStatus>>, Failure> {
         let p: DefineParams = parse(args)?;
-        from_reply(self.engine.define(&p.topology_name).await)
+        let (opts, _guard) = crate::slow::submit(&ctx, p.wait_s)?;
+        from_submitted(
+            &self.engine,
+            self.engine.define_with(&p.topology_name, opts).await,
+        )
     }
 
     /// Boots a cluster.
@@ -50,12 +58,15 @@ impl VmclusterServer {
     pub async fn cluster_start(
         &self,
         Parameters(args): Parameters<JsonObject>,
+        ctx: RequestContext<RoleServer>,
     ) -> Result<Json<Envelope<ClusterStatus>>, Failure> {
         let p: StartParams = parse(args)?;
         let t = checked("ssh_timeout_s", p.ssh_timeout_s)?;
-        from_reply(
+        let (opts, _guard) = crate::slow::submit(&ctx, p.wait_s)?;
+        from_submitted(
+            &self.engine,
             self.engine
-                .start_cluster(&p.cluster_name, p.wait_for_ssh, t)
+                .start_cluster_with(&p.cluster_name, p.wait_for_ssh, t, opts)
                 .await,
         )
     }
@@ -69,12 +80,15 @@ impl VmclusterServer {
     pub async fn cluster_stop(
         &self,
         Parameters(args): Parameters<JsonObject>,
+        ctx: RequestContext<RoleServer>,
     ) -> Result<Json<Envelope<ClusterStatus>>, Failure> {
         let p: StopParams = parse(args)?;
         let t = checked("timeout_s", p.timeout_s)?;
-        from_reply(
+        let (opts, _guard) = crate::slow::submit(&ctx, p.wait_s)?;
+        from_submitted(
+            &self.engine,
             self.engine
-                .stop_cluster(&p.cluster_name, stop_mode(p.mode), t)
+                .stop_cluster_with(&p.cluster_name, stop_mode(p.mode), t, opts)
                 .await,
         )
     }
@@ -88,11 +102,14 @@ impl VmclusterServer {
     pub async fn cluster_destroy(
         &self,
         Parameters(args): Parameters<JsonObject>,
+        ctx: RequestContext<RoleServer>,
     ) -> Result<Json<Envelope<ClusterStatus>>, Failure> {
         let p: DestroyParams = parse(args)?;
-        from_reply(
+        let (opts, _guard) = crate::slow::submit(&ctx, p.wait_s)?;
+        from_submitted(
+            &self.engine,
             self.engine
-                .destroy(&p.cluster_name, p.remove_overlays)
+                .destroy_with(&p.cluster_name, p.remove_overlays, opts)
                 .await,
         )
     }

@@ -4,3 +4,4 @@ pub mod cluster;
 pub mod exec;
 pub mod node;
 pub mod observe;
+pub mod ops;

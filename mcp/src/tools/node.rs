@@ -2,11 +2,12 @@
 
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::JsonObject;
-use rmcp::{Json, tool, tool_router};
+use rmcp::service::RequestContext;
+use rmcp::{Json, RoleServer, tool, tool_router};
 use vmcluster_actors::NodeOp;
 use vmcluster_engine::view::NodeResult;
 
-use crate::envelope::{Envelope, Failure, ToolError, from_reply, input_schema, parse};
+use crate::envelope::{Envelope, Failure, ToolError, from_submitted, input_schema, parse};
 use crate::params::{CrashParams, NodeRebootParams, NodeStartParams, NodeStopParams, seconds};
 use crate::server::VmclusterServer;
 use crate::tools::cluster::stop_mode;
@@ -26,6 +27,7 @@ impl VmclusterServer {
     pub async fn node_crash(
         &self,
         Parameters(args): Parameters<JsonObject>,
+        ctx: RequestContext<RoleServer>,
     ) -> Result<Json<Envelope<NodeResult>>, Failure> {
         let p: CrashParams = parse(args)?;
         let ssh_timeout = checked("ssh_timeout_s", p.ssh_timeout_s)?;
@@ -34,7 +36,13 @@ impl VmclusterServer {
             wait_for_ssh: p.wait_for_ssh,
             ssh_timeout,
         };
-        from_reply(self.engine.node(&p.cluster_name, &p.node, op).await)
+        let (opts, _guard) = crate::slow::submit(&ctx, p.wait_s)?;
+        from_submitted(
+            &self.engine,
+            self.engine
+                .node_with(&p.cluster_name, &p.node, op, opts)
+                .await,
+        )
     }
 
     /// Starts a node.
@@ -46,6 +54,7 @@ impl VmclusterServer {
     pub async fn node_start(
         &self,
         Parameters(args): Parameters<JsonObject>,
+        ctx: RequestContext<RoleServer>,
     ) -> Result<Json<Envelope<NodeResult>>, Failure> {
         let p: NodeStartParams = parse(args)?;
         let ssh_timeout = checked("ssh_timeout_s", p.ssh_timeout_s)?;
@@ -53,7 +62,13 @@ impl VmclusterServer {
             wait_for_ssh: p.wait_for_ssh,
             ssh_timeout,
         };
-        from_reply(self.engine.node(&p.cluster_name, &p.node_name, op).await)
+        let (opts, _guard) = crate::slow::submit(&ctx, p.wait_s)?;
+        from_submitted(
+            &self.engine,
+            self.engine
+                .node_with(&p.cluster_name, &p.node_name, op, opts)
+                .await,
+        )
     }
 
     /// Stops a node.
@@ -65,6 +80,7 @@ impl VmclusterServer {
     pub async fn node_stop(
         &self,
         Parameters(args): Parameters<JsonObject>,
+        ctx: RequestContext<RoleServer>,
     ) -> Result<Json<Envelope<NodeResult>>, Failure> {
         let p: NodeStopParams = parse(args)?;
         let timeout = checked("timeout_s", p.timeout_s)?;
@@ -72,7 +88,13 @@ impl VmclusterServer {
             mode: stop_mode(p.mode),
             timeout,
         };
-        from_reply(self.engine.node(&p.cluster_name, &p.node_name, op).await)
+        let (opts, _guard) = crate::slow::submit(&ctx, p.wait_s)?;
+        from_submitted(
+            &self.engine,
+            self.engine
+                .node_with(&p.cluster_name, &p.node_name, op, opts)
+                .await,
+        )
     }
 
     /// Reboots a node.
@@ -84,6 +106,7 @@ impl VmclusterServer {
     pub async fn node_reboot(
         &self,
         Parameters(args): Parameters<JsonObject>,
+        ctx: RequestContext<RoleServer>,
     ) -> Result<Json<Envelope<NodeResult>>, Failure> {
         let p: NodeRebootParams = parse(args)?;
         let ssh_timeout = checked("ssh_timeout_s", p.ssh_timeout_s)?;
@@ -92,6 +115,12 @@ impl VmclusterServer {
             wait_for_ssh: p.wait_for_ssh,
             ssh_timeout,
         };
-        from_reply(self.engine.node(&p.cluster_name, &p.node_name, op).await)
+        let (opts, _guard) = crate::slow::submit(&ctx, p.wait_s)?;
+        from_submitted(
+            &self.engine,
+            self.engine
+                .node_with(&p.cluster_name, &p.node_name, op, opts)
+                .await,
+        )
     }
 }

@@ -59,6 +59,29 @@ use tokio::sync::{broadcast, oneshot};
 /// `RecvError::Lagged` and should catch up with [`Journal::read_since`].
 pub const SUBSCRIBE_CAPACITY: usize = 4096;
 
+/// Records between two checkpoints by default (see [`JournalOptions::compact_every`]).
+pub const DEFAULT_COMPACT_EVERY: u64 = 100_000;
+
+/// Retention settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JournalOptions {
+    /// Finished operations the projection keeps (and checkpoints carry).
+    pub retain_ops: usize,
+    /// After this many records since the last checkpoint, the writer appends a checkpoint (the
+    /// projection) and deletes every record before it, so reopening reads at most one
+    /// checkpoint and this many records.
+    pub compact_every: u64,
+}
+
+impl Default for JournalOptions {
+    fn default() -> Self {
+        JournalOptions {
+            retain_ops: projection::DEFAULT_RETAIN_OPS,
+            compact_every: DEFAULT_COMPACT_EVERY,
+        }
+    }
+}
+
 /// Most requests the writer folds into one group commit.
 const MAX_REQUESTS_PER_COMMIT: usize = 1024;
 
@@ -122,6 +145,8 @@ pub struct Recovery {
     pub records: u64,
     /// Whether a corrupt last record was discarded.
     pub discarded_tail: bool,
+    /// Seq of the last checkpoint, if any (records before it are gone).
+    pub checkpoint_seq: Option<u64>,
     /// Sequence number of the last valid record.
     pub last_seq: Option<u64>,
 }
@@ -194,6 +219,7 @@ fn recover(
     store: &dyn Store,
     projection: &mut Projection,
 ) -> Result<(Recovery, u64), JournalError> {
+    let mut checkpoint_seq: Option<u64> = None;
     let mut records = 0u64;
     let mut last_valid: Option<u64> = None;
     let mut max_key: Option<u64> = None;
@@ -219,6 +245,9 @@ fn recover(
         max_key = Some(seq);
         match decode_at(seq, &bytes) {
             Ok(rec) => {
+                if matches!(rec.body(), BodyV1::Checkpoint { .. }) {
+                    checkpoint_seq = Some(seq);
+                }
                 if let Err(e) = projection.apply(&rec.into_v1()) {
                     tracing::warn!(error = %e, "journal replay");
                 }
@@ -240,6 +269,19 @@ fn recover(
         }
         None => false,
     };
+    // A compaction cut short: its checkpoint is durable, so what precedes it can go.
+    if let Some(cp) = checkpoint_seq {
+        let stale = store.remove_below(cp)?;
+        if stale > 0 {
+            tracing::info!(
+                stale,
+                checkpoint = cp,
+                "finishing an interrupted journal compaction"
+            );
+            store.flush()?;
+            records -= stale;
+        }
+    }
     // Never reuse a seq, even a discarded one: someone may have seen it.
     let next_seq = max_key.map_or(1, |k| k + 1);
     Ok((
@@ -247,6 +289,7 @@ fn recover(
             records,
             discarded_tail,
             last_seq: last_valid,
+            checkpoint_seq,
         },
         next_seq,
     ))
@@ -256,22 +299,30 @@ impl Journal {
     /// Opens (creating if needed) the sled journal in `dir`, validates every
     /// record and starts the writer thread. Blocking; scans everything.
     pub fn open(dir: &Path) -> Result<(Journal, Recovery), JournalError> {
+        Self::open_with(dir, JournalOptions::default())
+    }
+
+    /// Like [`Journal::open`] with retention settings.
+    pub fn open_with(
+        dir: &Path,
+        options: JournalOptions,
+    ) -> Result<(Journal, Recovery), JournalError> {
         let store = SledStore::open(dir)?;
-        Self::open_store(store)
+        Self::open_store_with(store, options)
     }
 
     /// Like [`Journal::open`] on any [`Store`] (e.g. [`MemStore`] in tests).
     pub fn open_store<S: Store>(store: S) -> Result<(Journal, Recovery), JournalError> {
-        Self::open_store_with(store, projection::DEFAULT_RETAIN_OPS)
+        Self::open_store_with(store, JournalOptions::default())
     }
 
-    /// Like [`Journal::open_store`], keeping `retain_ops` finished operations in the projection.
+    /// Like [`Journal::open_store`] with retention settings.
     pub fn open_store_with<S: Store>(
         store: S,
-        retain_ops: usize,
+        options: JournalOptions,
     ) -> Result<(Journal, Recovery), JournalError> {
         let store: Arc<dyn Store> = Arc::new(store);
-        let mut proj = Projection::new(retain_ops);
+        let mut proj = Projection::new(options.retain_ops);
         let (recovery, next_seq) = recover(store.as_ref(), &mut proj)?;
         let projection = Arc::new(RwLock::new(proj));
         let durable_seq = Arc::new(AtomicU64::new(recovery.last_seq.unwrap_or(0)));
@@ -284,7 +335,17 @@ impl Journal {
             let projection = Arc::clone(&projection);
             std::thread::Builder::new()
                 .name("vmcluster-journal-writer".into())
-                .spawn(move || writer_loop(store, rx, next_seq, durable_seq, events, projection))
+                .spawn(move || {
+                    let w = Writer {
+                        store,
+                        durable_seq,
+                        events,
+                        projection,
+                        compact_every: options.compact_every.max(1),
+                        since_checkpoint: recovery.records,
+                    };
+                    w.run(rx, next_seq)
+                })
                 .map_err(|e| JournalError::Store(StoreError::Io(format!("spawn writer: {e}"))))?
         };
         let journal = Journal {
@@ -388,91 +449,135 @@ type Reply = oneshot::Sender<Result<Vec<RecordV1>, JournalError>>;
 /// Encoded frames keyed by seq, as handed to [`Store::put_batch`].
 type Frames = Vec<(u64, Vec<u8>)>;
 
-/// The single writer: group commit of everything pending.
-fn writer_loop(
+/// The single writer thread's state.
+struct Writer {
     store: Arc<dyn Store>,
-    rx: mpsc::Receiver<Request>,
-    mut next_seq: u64,
     durable_seq: Arc<AtomicU64>,
     events: broadcast::Sender<RecordV1>,
     projection: Arc<RwLock<Projection>>,
-) {
-    let mut poisoned: Option<String> = None;
-    while let Ok(first) = rx.recv() {
-        let mut requests = vec![first];
-        while requests.len() < MAX_REQUESTS_PER_COMMIT {
-            match rx.try_recv() {
-                Ok(r) => requests.push(r),
-                Err(_) => break,
-            }
-        }
-        if let Some(reason) = &poisoned {
-            for r in requests {
-                let _ = r.reply.send(Err(JournalError::Poisoned {
-                    reason: reason.clone(),
-                }));
-            }
-            continue;
-        }
+    compact_every: u64,
+    since_checkpoint: u64,
+}
 
-        let mut items: Frames = Vec::new();
-        let mut staged: Vec<(Reply, Vec<RecordV1>)> = Vec::with_capacity(requests.len());
-        for Request { bodies, reply } in requests {
-            match encode_request(bodies, next_seq) {
-                Ok((recs, frames)) => {
-                    next_seq += recs.len() as u64;
-                    items.extend(frames);
-                    staged.push((reply, recs));
+impl Writer {
+    /// Group commit of everything pending, until every handle is dropped.
+    fn run(mut self, rx: mpsc::Receiver<Request>, mut next_seq: u64) {
+        let mut poisoned: Option<String> = None;
+        while let Ok(first) = rx.recv() {
+            let mut requests = vec![first];
+            while requests.len() < MAX_REQUESTS_PER_COMMIT {
+                match rx.try_recv() {
+                    Ok(r) => requests.push(r),
+                    Err(_) => break,
+                }
+            }
+            if let Some(reason) = &poisoned {
+                for r in requests {
+                    let _ = r.reply.send(Err(JournalError::Poisoned {
+                        reason: reason.clone(),
+                    }));
+                }
+                continue;
+            }
+
+            let mut items: Frames = Vec::new();
+            let mut staged: Vec<(Reply, Vec<RecordV1>)> = Vec::with_capacity(requests.len());
+            for Request { bodies, reply } in requests {
+                match encode_request(bodies, next_seq) {
+                    Ok((recs, frames)) => {
+                        next_seq += recs.len() as u64;
+                        items.extend(frames);
+                        staged.push((reply, recs));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
+            if items.is_empty() {
+                continue;
+            }
+
+            match self
+                .store
+                .put_batch(&items)
+                .and_then(|()| self.store.flush())
+            {
+                Ok(()) => {
+                    let all: Vec<&RecordV1> = staged.iter().flat_map(|(_, r)| r).collect();
+                    self.publish(&all);
+                    for (reply, recs) in staged {
+                        let _ = reply.send(Ok(recs));
+                    }
                 }
                 Err(e) => {
-                    let _ = reply.send(Err(e));
+                    tracing::error!(error = %e, "journal write failed; journal is now poisoned");
+                    poisoned = Some(e.to_string());
+                    for (reply, _) in staged {
+                        let _ = reply.send(Err(JournalError::Store(e.clone())));
+                    }
+                    continue;
+                }
+            }
+            if self.since_checkpoint >= self.compact_every {
+                match self.compact(next_seq) {
+                    Ok(()) => next_seq += 1,
+                    Err(e) => {
+                        tracing::error!(error = %e, "journal compaction failed; journal is now poisoned");
+                        poisoned = Some(e.to_string());
+                    }
                 }
             }
         }
-        if items.is_empty() {
-            continue;
+        // All handles dropped: a last flush (a no-op after group commits).
+        if poisoned.is_none()
+            && let Err(e) = self.store.flush()
+        {
+            tracing::warn!(error = %e, "journal flush at shutdown failed");
         }
+    }
 
-        match store.put_batch(&items).and_then(|()| store.flush()) {
-            Ok(()) => {
-                {
-                    // Fold before acknowledging: whoever sees the ack sees its effect.
-                    let mut p = projection.write().unwrap_or_else(|p| p.into_inner());
-                    for (_, recs) in &staged {
-                        for r in recs {
-                            if let Err(e) = p.apply(r) {
-                                tracing::warn!(error = %e, "journal projection");
-                            }
-                        }
-                    }
-                }
-                if let Some((last, _)) = items.last() {
-                    durable_seq.store(*last, Ordering::Release);
-                }
-                let live = events.receiver_count() > 0;
-                for (reply, recs) in staged {
-                    if live {
-                        for r in &recs {
-                            let _ = events.send(r.clone());
-                        }
-                    }
-                    let _ = reply.send(Ok(recs));
+    /// Makes durable records visible: folds them into the projection (before anyone is told,
+    /// so whoever sees an ack sees its effect), advances the durable seq, broadcasts them.
+    fn publish(&mut self, recs: &[&RecordV1]) {
+        {
+            let mut p = self.projection.write().unwrap_or_else(|p| p.into_inner());
+            for r in recs {
+                if let Err(e) = p.apply(r) {
+                    tracing::warn!(error = %e, "journal projection");
                 }
             }
-            Err(e) => {
-                tracing::error!(error = %e, "journal write failed; journal is now poisoned");
-                poisoned = Some(e.to_string());
-                for (reply, _) in staged {
-                    let _ = reply.send(Err(JournalError::Store(e.clone())));
-                }
+        }
+        if let Some(last) = recs.last() {
+            self.durable_seq.store(last.seq, Ordering::Release);
+        }
+        self.since_checkpoint += recs.len() as u64;
+        if self.events.receiver_count() > 0 {
+            for r in recs {
+                let _ = self.events.send((*r).clone());
             }
         }
     }
-    // All handles dropped: a last flush (a no-op after group commits).
-    if poisoned.is_none()
-        && let Err(e) = store.flush()
-    {
-        tracing::warn!(error = %e, "journal flush at shutdown failed");
+
+    /// Retention: appends the projection as a checkpoint at `seq`, then deletes every record
+    /// before it. A crash between the two leaves both; the next open finishes the deletion.
+    fn compact(&mut self, seq: u64) -> Result<(), JournalError> {
+        let body = {
+            let p = self.projection.read().unwrap_or_else(|p| p.into_inner());
+            BodyV1::Checkpoint {
+                projection: p.encode(),
+            }
+        };
+        let (recs, frames) = encode_request(vec![body], seq)?;
+        self.store.put_batch(&frames)?;
+        self.store.flush()?;
+        let refs: Vec<&RecordV1> = recs.iter().collect();
+        self.publish(&refs);
+        let removed = self.store.remove_below(seq)?;
+        self.store.flush()?;
+        self.since_checkpoint = 0;
+        tracing::info!(checkpoint = seq, removed, "journal compacted");
+        Ok(())
     }
 }
 

@@ -325,6 +325,13 @@ impl Projection {
                 let op = self.open_op(op_id).map_err(err)?;
                 op.rollback = Some(reason.clone());
             }
+            BodyV1::Checkpoint { projection } => {
+                let mut p = Projection::decode(projection).map_err(err)?;
+                p.retain_ops = self.retain_ops;
+                p.last_seq = rec.seq;
+                p.retire();
+                *self = p;
+            }
         }
         Ok(())
     }
@@ -357,6 +364,19 @@ impl Projection {
             excess -= 1;
         }
         debug_assert_eq!(excess, 0);
+    }
+
+    /// The projection as a checkpoint body (bincode).
+    pub fn encode(&self) -> Vec<u8> {
+        bincode::serde::encode_to_vec(self, bincode::config::standard())
+            .expect("a projection always encodes")
+    }
+
+    /// Decodes [`Projection::encode`]'s output.
+    pub fn decode(bytes: &[u8]) -> Result<Projection, String> {
+        bincode::serde::decode_from_slice(bytes, bincode::config::standard())
+            .map(|(p, _)| p)
+            .map_err(|e| format!("undecodable checkpoint: {e}"))
     }
 
     /// The objects of `cluster` still owned (declared and not removed).

@@ -253,6 +253,13 @@ pub enum BodyV1 {
         /// Why (the error that made it roll back).
         reason: String,
     },
+    /// Retention: the projection of every record before this one (bincode of
+    /// `projection::Projection`). Records before a checkpoint are deleted once it is durable;
+    /// replay starts from the last checkpoint.
+    Checkpoint {
+        /// The encoded projection.
+        projection: Vec<u8>,
+    },
 }
 
 impl BodyV1 {
@@ -268,7 +275,9 @@ impl BodyV1 {
             | BodyV1::ObjectCreated { op_id, .. }
             | BodyV1::ObjectRemoved { op_id, .. }
             | BodyV1::RollbackStarted { op_id, .. } => Some(*op_id),
-            BodyV1::NodeEvent { .. } | BodyV1::HostKeyPinned { .. } => None,
+            BodyV1::NodeEvent { .. } | BodyV1::HostKeyPinned { .. } | BodyV1::Checkpoint { .. } => {
+                None
+            }
         }
     }
 
@@ -286,6 +295,7 @@ impl BodyV1 {
             BodyV1::NodeEvent { .. } => "node_event",
             BodyV1::HostKeyPinned { .. } => "host_key_pinned",
             BodyV1::RollbackStarted { .. } => "rollback_started",
+            BodyV1::Checkpoint { .. } => "checkpoint",
         }
     }
 }

@@ -120,4 +120,16 @@ impl Store for SledStore {
     fn remove(&self, seq: u64) -> Result<(), StoreError> {
         self.tree.remove(seq.to_be_bytes()).map(|_| ()).map_err(io)
     }
+
+    fn remove_below(&self, seq: u64) -> Result<u64, StoreError> {
+        let mut batch = sled::Batch::default();
+        let mut n = 0;
+        for kv in self.tree.range(..seq.to_be_bytes()) {
+            let (k, _) = kv.map_err(io)?;
+            batch.remove(k);
+            n += 1;
+        }
+        self.tree.apply_batch(batch).map_err(io)?;
+        Ok(n)
+    }
 }

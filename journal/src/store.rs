@@ -60,6 +60,18 @@ pub trait Store: Send + Sync + 'static {
     fn last_seq(&self) -> Result<Option<u64>, StoreError>;
     /// Removes one key (not yet durable).
     fn remove(&self, seq: u64) -> Result<(), StoreError>;
+    /// Removes every key below `seq` (not yet durable); returns how many.
+    fn remove_below(&self, seq: u64) -> Result<u64, StoreError> {
+        let keys: Vec<u64> = self
+            .scan_from(0)
+            .map(|i| i.map(|(k, _)| k))
+            .take_while(|k| !matches!(k, Ok(k) if *k >= seq))
+            .collect::<Result<_, _>>()?;
+        for k in &keys {
+            self.remove(*k)?;
+        }
+        Ok(keys.len() as u64)
+    }
 }
 
 impl<S: Store + ?Sized> Store for Box<S> {
@@ -77,6 +89,9 @@ impl<S: Store + ?Sized> Store for Box<S> {
     }
     fn remove(&self, seq: u64) -> Result<(), StoreError> {
         (**self).remove(seq)
+    }
+    fn remove_below(&self, seq: u64) -> Result<u64, StoreError> {
+        (**self).remove_below(seq)
     }
 }
 

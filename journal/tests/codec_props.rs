@@ -99,6 +99,8 @@ fn body() -> impl Strategy<Value = BodyV1> {
             key_openssh
         }),
         (uuid(), s()).prop_map(|(op_id, reason)| BodyV1::RollbackStarted { op_id, reason }),
+        proptest::collection::vec(any::<u8>(), 0..64)
+            .prop_map(|projection| BodyV1::Checkpoint { projection }),
     ]
 }
 

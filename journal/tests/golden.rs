@@ -82,6 +82,9 @@ fn fixtures() -> Vec<RecordV1> {
             op_id: OP,
             reason: "step define_domain on lab-2 failed: libvirt refused".into(),
         },
+        BodyV1::Checkpoint {
+            projection: vec![0, 1, 2, 3, 250, 255],
+        },
     ];
     bodies
         .into_iter()
@@ -106,7 +109,8 @@ fn fixture_name(body: &BodyV1) -> &'static str {
         | BodyV1::ObjectRemoved { .. }
         | BodyV1::NodeEvent { .. }
         | BodyV1::HostKeyPinned { .. }
-        | BodyV1::RollbackStarted { .. } => body.kind_name(),
+        | BodyV1::RollbackStarted { .. }
+        | BodyV1::Checkpoint { .. } => body.kind_name(),
     }
 }
 

@@ -514,3 +514,91 @@ async fn failed_flush_poisons_the_journal() {
     assert_eq!(j.last_seq(), Some(1));
     assert_eq!(j.read_since(0, 10).unwrap().len(), 1);
 }
+
+/// Retention: past `compact_every` records the writer checkpoints the projection and deletes
+/// what precedes it; a reopened journal holds only the checkpoint and what followed, and its
+/// projection is the same as before (clusters, ledger, recent ops, open ops).
+#[tokio::test]
+async fn compaction_keeps_the_projection_and_bounds_the_records() {
+    use vmcluster_journal::{JournalOptions, ObjectKind, Outcome};
+    let dir = tempfile::tempdir().unwrap();
+    let opts = JournalOptions {
+        retain_ops: 50,
+        compact_every: 100,
+    };
+    let open_op = uuid::Uuid::now_v7();
+    let before = {
+        let (j, _) = Journal::open_with(dir.path(), opts).unwrap();
+        j.append(BodyV1::CommandStarted {
+            op_id: open_op,
+            tool: "cluster_start".into(),
+            cluster: Some("lab".into()),
+            params_json: "{}".into(),
+        })
+        .await
+        .unwrap();
+        for i in 0..200u32 {
+            let op = uuid::Uuid::now_v7();
+            j.append_batch(vec![
+                BodyV1::CommandStarted {
+                    op_id: op,
+                    tool: "cluster_define".into(),
+                    cluster: Some(format!("c{i}")),
+                    params_json: "{}".into(),
+                },
+                BodyV1::ClusterDefined {
+                    op_id: op,
+                    cluster: format!("c{i}"),
+                    spec_json: "{}".into(),
+                },
+                BodyV1::ObjectCreated {
+                    op_id: op,
+                    cluster: format!("c{i}"),
+                    kind: ObjectKind::Domain,
+                    id: format!("c{i}_n1"),
+                },
+                BodyV1::CommandFinished {
+                    op_id: op,
+                    outcome: Outcome::Applied,
+                    error_code: None,
+                    error_message: None,
+                    result_json: None,
+                },
+            ])
+            .await
+            .unwrap();
+        }
+        let p = j.view(|p| p.clone());
+        assert_eq!(p.clusters.len(), 200);
+        assert_eq!(p.ops.len(), 51, "50 finished ops kept, plus the open one");
+        assert!(p.open_ops.contains(&open_op));
+        let on_disk = j.iter_all().count();
+        assert!(
+            on_disk <= 100 + 4 + 1,
+            "compaction bounds the records: {on_disk}"
+        );
+        p
+    };
+    let (j, rec) = Journal::open_with(dir.path(), opts).unwrap();
+    assert!(rec.checkpoint_seq.is_some());
+    assert!(rec.records <= 105, "{rec:?}");
+    let after = j.view(|p| p.clone());
+    assert_eq!(after.clusters, before.clusters);
+    assert_eq!(after.objects, before.objects);
+    assert_eq!(after.ops, before.ops);
+    assert_eq!(after.open_ops, before.open_ops);
+    assert!(after.last_seq >= before.last_seq);
+    // Sequence numbers go on after the checkpoint.
+    let last = j.last_seq().unwrap();
+    assert!(last >= before.last_seq);
+    let r = j
+        .append(BodyV1::NodeEvent {
+            cluster: "lab".into(),
+            node: "n1".into(),
+            kind: "started".into(),
+            detail: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(r.seq, last + 1);
+}

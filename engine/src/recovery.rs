@@ -18,7 +18,7 @@
 //!   again without waiting for readiness, then record `applied`.
 //! * **Declare indeterminate** what cannot be repeated or undone from the host (a command run
 //!   over SSH, a file transfer): it may or may not have happened; the outcome says so, with why.
-//! * An operation that began no step changed nothing: `not_applied`.
+//! * Any other operation that began no step changed nothing: `not_applied`.
 
 use serde::{Deserialize, Serialize};
 
@@ -112,7 +112,8 @@ pub fn settle(kind: OpKind, step: Option<&str>, progress: Progress) -> Settle {
         (_, RollingBack) => Settle::RollBack,
         (Exec | Transfer | Unknown, NoStep) => Settle::NothingToDo,
         (Exec | Transfer | Unknown, _) => Settle::Indeterminate,
-        (Define | SnapshotCreate, NoStep) => Settle::NothingToDo,
+        // A define records the cluster before its first step: even with no step begun there
+        // may be a definition to forget.
         (Define | SnapshotCreate, _) => Settle::RollBack,
         // Revert: before any node was touched nothing changed; once one was reverted, the only
         // consistent end is every node reverted.
@@ -179,7 +180,12 @@ mod tests {
         ];
         let mut rows = Vec::new();
         for (kind, steps, after_a_step) in kinds {
-            rows.push((kind, None, NoStep, NothingToDo));
+            let before_any_step = if after_a_step == RollBack {
+                RollBack
+            } else {
+                NothingToDo
+            };
+            rows.push((kind, None, NoStep, before_any_step));
             for step in steps {
                 for progress in [Started, Succeeded, Failed] {
                     let expected = if kind == SnapshotRevert && *step == "check_snapshot" {

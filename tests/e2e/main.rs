@@ -12,6 +12,7 @@ mod killpoints;
 mod lifecycle;
 mod notready;
 mod partial;
+mod randomkill;
 mod restart;
 
 use std::path::PathBuf;

@@ -14,7 +14,7 @@ use vmcluster_tests::McpClient;
 use crate::{Fixture, dir_names};
 
 /// The advertised contract of one tool: `(name, read_only, destructive, idempotent)`.
-const TOOLS: [(&str, bool, bool, bool); 16] = [
+const TOOLS: [(&str, bool, bool, bool); 17] = [
     ("cluster_define", false, false, true),
     ("cluster_start", false, false, true),
     ("cluster_stop", false, false, true),
@@ -31,6 +31,7 @@ const TOOLS: [(&str, bool, bool, bool); 16] = [
     ("node_console", true, false, true),
     ("dmesg_mark", false, false, false),
     ("dmesg_collect", true, false, false),
+    ("events_read", true, false, true),
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

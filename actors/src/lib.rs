@@ -15,6 +15,7 @@
 
 pub mod cluster;
 pub mod error;
+pub mod events;
 pub mod exec;
 pub mod host;
 pub mod hostnet;
@@ -89,6 +90,7 @@ pub struct Engine {
     cluster: ActorRef<ClusterMsg>,
     hostnet: ActorRef<HostNetMsg>,
     journal: Journal,
+    events: events::EventFeed,
     config: Arc<Config>,
     tracker: Arc<OpTracker>,
 }
@@ -128,6 +130,7 @@ impl Engine {
         Ok(Engine {
             cluster,
             hostnet,
+            events: events::EventFeed::new(journal.clone()),
             journal,
             config,
             tracker: Arc::default(),
@@ -142,6 +145,11 @@ impl Engine {
     /// The journal (read-only use: tailing, audits).
     pub fn journal(&self) -> &Journal {
         &self.journal
+    }
+
+    /// The journal as a stream of events (`vmcluster events`, the MCP event resources).
+    pub fn events(&self) -> &events::EventFeed {
+        &self.events
     }
 
     /// Stops the actors and waits until they are gone, so the journal and the actors' registered

@@ -273,7 +273,7 @@ impl Actor for NodeActor {
             }
             NodeMsg::Domain(ev) => {
                 if ev.is_undefined() {
-                    self.set_state(&me, st, DomainState::Undefined);
+                    self.set_state(&me, st, DomainState::Undefined).await;
                 } else {
                     self.on_refresh(&me, st).await;
                 }
@@ -287,7 +287,7 @@ impl Actor for NodeActor {
 impl NodeActor {
     async fn on_refresh(&self, me: &ActorRef<NodeMsg>, st: &mut NodeState) {
         match st.args.virt.domain_state(&st.args.domain).await {
-            Ok(s) => self.set_state(me, st, s),
+            Ok(s) => self.set_state(me, st, s).await,
             Err(e) => {
                 tracing::warn!(domain = %st.args.domain, error = %e, "cannot read domain state")
             }
@@ -295,8 +295,12 @@ impl NodeActor {
     }
 
     /// Records a new domain state; a boot starts a probe, a stop ends one.
-    fn set_state(&self, me: &ActorRef<NodeMsg>, st: &mut NodeState, s: DomainState) {
+    async fn set_state(&self, me: &ActorRef<NodeMsg>, st: &mut NodeState, s: DomainState) {
         let before = st.snap();
+        // The first reading after the actor starts is a discovery, not a change.
+        if before.domain_state != s && before.domain_state != DomainState::Unknown {
+            self.note(st, state_word(s), None).await;
+        }
         let running = s == DomainState::Running;
         if !s.is_active() && before.phase != Readiness::Down {
             self.end_boot(st);
@@ -366,6 +370,9 @@ impl NodeActor {
                 } else if st.snap().last_error.is_some() {
                     // Running but a previous probe gave up: try again with the new budget.
                     self.begin_boot(me, st, ready_timeout);
+                }
+                if st.snap().domain_state != DomainState::Running {
+                    self.note(st, state_word(DomainState::Running), None).await;
                 }
                 st.tx.send_modify(|s| s.domain_state = DomainState::Running);
                 let _ = reply.send(Ok(()));
@@ -609,6 +616,20 @@ impl NodeActor {
         });
     }
 
+    /// Journals a state change of this node for the event stream (`node.state`), before the
+    /// change is published: whoever waits on the change then finds it already journaled.
+    async fn note(&self, st: &NodeState, kind: String, detail: Option<String>) {
+        let body = vmcluster_journal::BodyV1::NodeEvent {
+            cluster: st.args.cluster.clone(),
+            node: st.args.node.clone(),
+            kind,
+            detail,
+        };
+        if let Err(e) = st.args.journal.append(body).await {
+            tracing::warn!(node = %st.args.node, error = %e, "cannot journal a node state change");
+        }
+    }
+
     /// Records `key` as the node's pinned host key (`None` forgets it), journal first.
     async fn pin(&self, st: &mut NodeState, key: Option<String>) -> Result<()> {
         st.args
@@ -635,6 +656,9 @@ impl NodeActor {
                 let from = st.snap().phase;
                 match from.transition(p) {
                     Ok(to) => {
+                        if to == Readiness::Ready && from != Readiness::Ready {
+                            self.note(st, "ready".into(), None).await;
+                        }
                         st.tx.send_modify(|s| s.phase = to);
                         tracing::info!(node = %st.args.node, ?from, ?to, "readiness");
                     }
@@ -659,6 +683,7 @@ impl NodeActor {
             ProbeReport::Failed(why) => {
                 st.probe = None;
                 tracing::warn!(node = %st.args.node, error = %why, "readiness probe gave up");
+                self.note(st, "not ready".into(), Some(why.clone())).await;
                 st.tx.send_modify(|s| s.last_error = Some(why));
             }
         }
@@ -744,4 +769,12 @@ async fn readiness_probe(
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     report(ProbeReport::Phase(Readiness::Ready));
+}
+
+/// A domain state's name as the tools report it (`running`, `shut off`, ...).
+fn state_word(s: DomainState) -> String {
+    serde_json::to_value(s)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_else(|| format!("{s:?}"))
 }

@@ -37,12 +37,14 @@
 //! The crate knows nothing of libvirt, SSH or MCP.
 
 pub mod codec;
+pub mod event;
 pub mod projection;
 pub mod record;
 pub mod sled_store;
 pub mod store;
 
 pub use codec::{DecodeError, EncodeError};
+pub use event::{Event, EventFilter, EventKind, EventPage, OpIndex};
 pub use projection::{OpInfo, Projection, StepInfo, StepState};
 pub use record::{BodyV1, JournalRecord, ObjectKind, Outcome, RecordV1};
 pub use sled_store::SledStore;

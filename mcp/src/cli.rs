@@ -10,6 +10,8 @@ use vmcluster_engine::view::{ClusterHandle, ClusterList, ClusterStatus, NodeResu
 
 use crate::envelope::{Envelope, ToolError};
 
+pub mod events;
+
 /// Command-line arguments.
 #[derive(Debug, Parser)]
 #[command(
@@ -102,6 +104,19 @@ pub enum Command {
         #[command(subcommand)]
         action: NodeAction,
     },
+    /// Print the event stream (every journaled state change), through the running server's
+    /// control socket or, with no server, from the journal.
+    Events {
+        /// Keep printing new events as they happen (waits for a server when none runs).
+        #[arg(long)]
+        follow: bool,
+        /// Only events after this sequence number.
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+        /// Only this cluster's events.
+        #[arg(long)]
+        cluster: Option<String>,
+    },
 }
 
 /// Single-node verbs.
@@ -174,7 +189,7 @@ fn secs(s: u64) -> Duration {
 /// Runs one CLI verb (not `serve`) and returns the process exit code.
 pub async fn run(engine: &Engine, command: Command, json: bool) -> i32 {
     match command {
-        Command::Serve => unreachable!("serve is handled by main"),
+        Command::Serve | Command::Events { .. } => unreachable!("handled by main"),
         Command::Define { topology } => emit(engine.define(&topology).await, json, print_status),
         Command::Start {
             cluster,

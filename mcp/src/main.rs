@@ -1,5 +1,7 @@
-//! The `vmcluster` binary: `vmcluster serve` runs the MCP server on stdio; every other verb runs
-//! one operation on the same engine and exits.
+//! The `vmcluster` binary: `vmcluster serve` runs the MCP server on stdio (and the control
+//! socket in the state directory); `vmcluster events` reads the event stream (through that
+//! socket, or from the journal when no server runs); every other verb runs one operation on the
+//! same engine and exits.
 
 use vmcluster_engine::config::Config;
 
@@ -30,13 +32,42 @@ async fn main() {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
+    // `events` reads through a running server's control socket, or the journal: it never
+    // starts an engine (a server may be holding the journal and libvirt).
+    if let vmcluster_mcp::cli::Command::Events {
+        follow,
+        since,
+        cluster,
+    } = &cli.command
+    {
+        let args = vmcluster_mcp::cli::events::EventsArgs {
+            follow: *follow,
+            since: *since,
+            cluster: cluster.clone(),
+            json: cli.json,
+        };
+        std::process::exit(vmcluster_mcp::cli::events::run(&config, args).await);
+    }
+    let socket = vmcluster_mcp::control::socket_path(&config.state_dir);
     let engine = match vmcluster_actors::Engine::start(config).await {
         Ok(e) => e,
         Err(e) => startup_failure(cli.json, e.code(), &format!("Cannot start: {e}")),
     };
     let code = match cli.command {
         vmcluster_mcp::cli::Command::Serve => {
-            match vmcluster_mcp::server::VmclusterServer::new(engine.clone())
+            let control =
+                match vmcluster_mcp::control::ControlServer::start(engine.clone(), &socket) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        engine.shutdown().await;
+                        startup_failure(
+                            cli.json,
+                            vmcluster_engine::ErrorCode::Io,
+                            &format!("Cannot open the control socket {}: {e}", socket.display()),
+                        )
+                    }
+                };
+            let code = match vmcluster_mcp::server::VmclusterServer::new(engine.clone())
                 .serve_stdio()
                 .await
             {
@@ -45,7 +76,9 @@ async fn main() {
                     tracing::error!(error = %e, "MCP server stopped");
                     1
                 }
-            }
+            };
+            control.shutdown().await;
+            code
         }
         other => vmcluster_mcp::cli::run(&engine, other, cli.json).await,
     };

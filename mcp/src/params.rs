@@ -362,3 +362,23 @@ pub struct OpListParams {
     #[serde(default = "op_list_limit")]
     pub limit: usize,
 }
+
+fn events_limit() -> usize {
+    100
+}
+
+/// `events_read`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EventsReadParams {
+    /// Only events with a greater sequence number (default 0: from the start). Pass the
+    /// previous result's `next_since` to read on.
+    #[serde(default)]
+    pub since: u64,
+    /// Most events to return (1-1000). Default 100.
+    #[serde(default = "events_limit")]
+    pub limit: usize,
+    /// Only this cluster's events.
+    #[serde(default)]
+    pub cluster: Option<String>,
+}

@@ -10,6 +10,8 @@
 //! * [`mcp`]: the real binary behind a real MCP client (tool listing, schemas, envelopes,
 //!   hostile input).
 //! * [`cli`]: the binary's one-shot verbs (`--json` envelopes, exit codes, human output).
+//! * [`events`]: the event stream (`events_read`, the event resources and their notifications,
+//!   `vmcluster events` with and without a server, the control socket).
 //!
 //! Every in-process engine of this binary shares the driver's one default connection, so each
 //! fixture gets its own cluster name and subnet ([`Fixture::new`] hands out octets). Nothing
@@ -19,6 +21,7 @@
 
 mod cli;
 mod engine;
+mod events;
 mod mcp;
 
 use std::future::Future;

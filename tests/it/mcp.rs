@@ -14,7 +14,7 @@ use vmcluster_tests::McpClient;
 use crate::{Fixture, dir_names};
 
 /// The advertised contract of one tool: `(name, read_only, destructive, idempotent)`.
-const TOOLS: [(&str, bool, bool, bool); 20] = [
+const TOOLS: [(&str, bool, bool, bool); 21] = [
     ("cluster_define", false, false, true),
     ("cluster_start", false, false, true),
     ("cluster_stop", false, false, true),
@@ -35,6 +35,7 @@ const TOOLS: [(&str, bool, bool, bool); 20] = [
     ("op_wait", true, false, true),
     ("op_list", true, false, true),
     ("op_cancel", false, false, true),
+    ("events_read", true, false, true),
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,13 +9,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rmcp::model::{
-    CallToolRequestParams, CallToolResult, ProgressNotificationParam, ProgressToken,
-    RequestMetaObject, Tool,
+    CallToolRequestParams, CallToolResult, ProgressNotificationParam, RequestMetaObject, Tool,
 };
 use rmcp::service::NotificationContext;
 use rmcp::service::RunningService;
 use rmcp::transport::{ConfigureCommandExt, TokioChildProcess};
-use rmcp::{RoleClient, ServiceExt};
+use rmcp::{ClientHandler, RoleClient, ServiceExt};
 use serde_json::{Value, json};
 
 /// The `vmcluster` binary built by cargo (`VMCLUSTER_BIN` overrides).
@@ -186,13 +185,13 @@ pub fn system_ssh(
     c
 }
 
-/// The client side's handler: records the server's progress notifications.
+/// The default client handler: records the server's progress notifications.
 #[derive(Debug, Clone, Default)]
 pub struct Recorder {
     progress: Arc<std::sync::Mutex<Vec<ProgressNotificationParam>>>,
 }
 
-impl rmcp::ClientHandler for Recorder {
+impl ClientHandler for Recorder {
     async fn on_progress(
         &self,
         params: ProgressNotificationParam,
@@ -205,15 +204,15 @@ impl rmcp::ClientHandler for Recorder {
     }
 }
 
-/// An MCP client connected to a `vmcluster serve` child process.
-pub struct McpClient {
+/// An MCP client connected to a `vmcluster serve` child process; `H` handles what the server
+/// sends on its own (notifications).
+pub struct McpClient<H: ClientHandler = Recorder> {
     /// The running client service.
-    pub service: RunningService<RoleClient, Recorder>,
+    pub service: RunningService<RoleClient, H>,
     tools: Vec<Tool>,
-    recorder: Recorder,
 }
 
-impl std::fmt::Debug for McpClient {
+impl<H: ClientHandler> std::fmt::Debug for McpClient<H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("McpClient")
             .field("tools", &self.tools.len())
@@ -261,6 +260,26 @@ impl Called {
 impl McpClient {
     /// Spawns `vmcluster serve` with `env` and initialises an MCP session.
     pub async fn spawn(env: &[(String, String)]) -> McpClient {
+        McpClient::spawn_with(env, Recorder::default()).await
+    }
+
+    /// Every progress notification received so far, in order: `(progress, total, message)`.
+    /// (rmcp's client gives each request its own token, so the caller's is not echoed.)
+    pub fn progress(&self) -> Vec<(f64, Option<f64>, Option<String>)> {
+        self.service
+            .service()
+            .progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|p| (p.progress, p.total, p.message.clone()))
+            .collect()
+    }
+}
+
+impl<H: ClientHandler> McpClient<H> {
+    /// Like [`McpClient::spawn`], with `handler` receiving the server's notifications.
+    pub async fn spawn_with(env: &[(String, String)], handler: H) -> McpClient<H> {
         let env = env.to_vec();
         let cmd = tokio::process::Command::new(vmcluster_bin()).configure(move |c| {
             c.arg("serve").env("VMCLUSTER_LOG_LEVEL", "warn");
@@ -268,18 +287,12 @@ impl McpClient {
                 c.env(k, v);
             }
         });
-        let recorder = Recorder::default();
-        let service = recorder
-            .clone()
+        let service = handler
             .serve(TokioChildProcess::new(cmd).expect("spawn server"))
             .await
             .expect("initialize");
         let tools = service.list_all_tools().await.expect("tools/list");
-        McpClient {
-            service,
-            tools,
-            recorder,
-        }
+        McpClient { service, tools }
     }
 
     /// The advertised tools.
@@ -294,26 +307,14 @@ impl McpClient {
             .unwrap_or_else(|| panic!("{name}: the server went away (tools/call transport)"))
     }
 
-    /// Like [`McpClient::call`], asking for progress notifications under `token`.
+    /// Like [`McpClient::call`], asking for progress notifications.
     pub async fn call_with_progress(&self, name: &str, args: Value, token: &str) -> Called {
-        let meta = RequestMetaObject::with_progress_token(ProgressToken(
+        let meta = RequestMetaObject::with_progress_token(rmcp::model::ProgressToken(
             rmcp::model::NumberOrString::String(token.to_owned().into()),
         ));
         self.call_inner(name, args, Some(meta))
             .await
             .unwrap_or_else(|| panic!("{name}: the server went away"))
-    }
-
-    /// Every progress notification received so far, in order: `(progress, total, message)`.
-    /// (rmcp's client gives each request its own token, so the caller's is not echoed.)
-    pub fn progress(&self) -> Vec<(f64, Option<f64>, Option<String>)> {
-        self.recorder
-            .progress
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|p| (p.progress, p.total, p.message.clone()))
-            .collect()
     }
 
     /// Like [`McpClient::call`], but `None` when the server dies before answering (a test
@@ -375,4 +376,69 @@ pub fn check_schema(tool: &Tool, value: &Value) {
         "{}: result does not match its output schema: {errors:?}\n{value}",
         tool.name
     );
+}
+
+/// A `vmcluster events --follow --json` child process, read line by line.
+#[derive(Debug)]
+pub struct EventsFollower {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl EventsFollower {
+    /// Starts `vmcluster events --follow --json ARGS` with `env`.
+    pub fn spawn(env: &[(String, String)], args: &[&str]) -> EventsFollower {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new(vmcluster_bin())
+            .args(["events", "--follow", "--json"])
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .env_remove("RUST_LOG")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn vmcluster events");
+        let stdout = child.stdout.take().expect("stdout");
+        EventsFollower {
+            child,
+            lines: tokio::io::BufReader::new(stdout).lines(),
+        }
+    }
+
+    /// The next event it prints (fails after `within`, or if it exits first).
+    pub async fn next(&mut self, within: std::time::Duration) -> Value {
+        let line = tokio::time::timeout(within, self.lines.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("no event printed within {within:?}"))
+            .expect("read events output")
+            .expect("vmcluster events exited");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not one JSON event ({e}): {line}"))
+    }
+
+    /// Every event it prints up to and including the first one `last` accepts (fails after
+    /// `within` in total).
+    pub async fn until(
+        &mut self,
+        within: std::time::Duration,
+        last: impl Fn(&Value) -> bool,
+    ) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut out = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let e = self.next(left).await;
+            let done = last(&e);
+            out.push(e);
+            if done {
+                return out;
+            }
+        }
+    }
+
+    /// Stops it.
+    pub async fn kill(mut self) {
+        let _ = self.child.kill().await;
+    }
 }

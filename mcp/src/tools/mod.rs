@@ -1,6 +1,7 @@
 //! Tool groups, one `#[tool_router]` per resource: clusters, nodes, remote execution, observability.
 
 pub mod cluster;
+pub mod events;
 pub mod exec;
 pub mod node;
 pub mod observe;

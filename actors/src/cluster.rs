@@ -122,7 +122,7 @@ pub struct Reply<T> {
 }
 
 impl<T> Reply<T> {
-    fn refused(e: EngineError) -> Reply<T> {
+    pub(crate) fn refused(e: EngineError) -> Reply<T> {
         Reply {
             op_id: None,
             result: Err(e),
@@ -238,6 +238,40 @@ pub enum ClusterMsg {
         /// Reply.
         reply: RpcReplyPort<Result<vmcluster_engine::view::ConsoleTail>>,
     },
+    /// `snapshot_create`: a consistent cut of every node (see [`crate::snapshot`]).
+    SnapshotCreate {
+        /// Cluster.
+        cluster: String,
+        /// What to take.
+        request: crate::snapshot::CreateRequest,
+        /// Reply.
+        reply: RpcReplyPort<Reply<vmcluster_engine::snapshot::SnapshotInfo>>,
+    },
+    /// `snapshot_list`.
+    SnapshotList {
+        /// Cluster.
+        cluster: String,
+        /// Reply.
+        reply: RpcReplyPort<Result<vmcluster_engine::snapshot::SnapshotList>>,
+    },
+    /// `snapshot_revert`.
+    SnapshotRevert {
+        /// Cluster.
+        cluster: String,
+        /// What to revert to, and how.
+        request: crate::snapshot::RevertRequest,
+        /// Reply.
+        reply: RpcReplyPort<Reply<vmcluster_engine::snapshot::SnapshotRevertResult>>,
+    },
+    /// `snapshot_delete`.
+    SnapshotDelete {
+        /// Cluster.
+        cluster: String,
+        /// Snapshot (or logical) name.
+        snapshot: String,
+        /// Reply.
+        reply: RpcReplyPort<Reply<vmcluster_engine::snapshot::SnapshotDeleteResult>>,
+    },
     /// Internal: add a cluster to the registry and spawn its NodeActors.
     Register {
         /// The validated cluster.
@@ -274,7 +308,7 @@ pub struct Resolved {
 }
 
 impl Resolved {
-    fn node(&self, name: &str) -> Result<ActorRef<NodeMsg>> {
+    pub(crate) fn node(&self, name: &str) -> Result<ActorRef<NodeMsg>> {
         self.nodes
             .iter()
             .find(|(n, _)| n == name)
@@ -305,11 +339,11 @@ type KeyPair = (Arc<PrivateKey>, String);
 
 /// Everything a command task needs, cheap to clone.
 #[derive(Debug, Clone)]
-struct Ctx {
+pub(crate) struct Ctx {
     me: ActorRef<ClusterMsg>,
     config: Arc<Config>,
-    virt: Virt,
-    journal: Journal,
+    pub(crate) virt: Virt,
+    pub(crate) journal: Journal,
     hostnet: ActorRef<HostNetMsg>,
     locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
     keys: Arc<Mutex<HashMap<PathBuf, KeyPair>>>,
@@ -547,6 +581,42 @@ impl Actor for ClusterActor {
                         Err(e) => Err(e),
                     };
                     let _ = reply.send(res);
+                });
+            }
+            ClusterMsg::SnapshotCreate {
+                cluster,
+                request,
+                reply,
+            } => {
+                let ctx = st.ctx.clone();
+                tokio::spawn(async move {
+                    let _ = reply.send(crate::snapshot::create(ctx, cluster, request).await);
+                });
+            }
+            ClusterMsg::SnapshotList { cluster, reply } => {
+                let ctx = st.ctx.clone();
+                tokio::spawn(async move {
+                    let _ = reply.send(crate::snapshot::list(ctx, cluster).await);
+                });
+            }
+            ClusterMsg::SnapshotRevert {
+                cluster,
+                request,
+                reply,
+            } => {
+                let ctx = st.ctx.clone();
+                tokio::spawn(async move {
+                    let _ = reply.send(crate::snapshot::revert(ctx, cluster, request).await);
+                });
+            }
+            ClusterMsg::SnapshotDelete {
+                cluster,
+                snapshot,
+                reply,
+            } => {
+                let ctx = st.ctx.clone();
+                tokio::spawn(async move {
+                    let _ = reply.send(crate::snapshot::delete(ctx, cluster, snapshot).await);
                 });
             }
             ClusterMsg::Register { spec, reply } => {
@@ -865,7 +935,7 @@ fn replay(journal: &Journal) -> Result<(Vec<ClusterSpec>, Vec<Uuid>)> {
 }
 
 impl Ctx {
-    async fn lock(&self, cluster: &str) -> tokio::sync::OwnedMutexGuard<()> {
+    pub(crate) async fn lock(&self, cluster: &str) -> tokio::sync::OwnedMutexGuard<()> {
         let m = self
             .locks
             .lock()
@@ -897,7 +967,7 @@ impl Ctx {
         Ok(entry)
     }
 
-    async fn resolve(&self, cluster: &str) -> Result<Resolved> {
+    pub(crate) async fn resolve(&self, cluster: &str) -> Result<Resolved> {
         let c = cluster.to_owned();
         ask(
             &self.me,
@@ -907,7 +977,7 @@ impl Ctx {
         .await?
     }
 
-    async fn status(&self, cluster: &str) -> Result<ClusterStatus> {
+    pub(crate) async fn status(&self, cluster: &str) -> Result<ClusterStatus> {
         let c = cluster.to_owned();
         ask(
             &self.me,
@@ -964,7 +1034,7 @@ where
     }
 }
 
-async fn ask_node<T: Send + 'static>(
+pub(crate) async fn ask_node<T: Send + 'static>(
     node: &ActorRef<NodeMsg>,
     msg: impl FnOnce(RpcReplyPort<Result<T>>) -> NodeMsg,
 ) -> Result<T> {

@@ -12,6 +12,7 @@ pub mod names;
 pub mod plan;
 pub mod probe;
 pub mod seed;
+pub mod snapshot;
 pub mod state;
 pub mod topology;
 pub mod view;

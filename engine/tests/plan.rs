@@ -158,6 +158,12 @@ fn every_step() -> Vec<(Step, &'static str)> {
         (Step::RemoveOverlay(n()), "remove_overlay"),
         (Step::RemoveNetwork, "remove_network"),
         (Step::RemoveDir, "remove_dir"),
+        (Step::SyncDisks(n()), "sync_disks"),
+        (Step::SuspendDomain(n()), "suspend_domain"),
+        (Step::CreateSnapshot(n()), "create_snapshot"),
+        (Step::ResumeDomain(n()), "resume_domain"),
+        (Step::DeleteSnapshot(n()), "delete_snapshot"),
+        (Step::RevertSnapshot(n()), "revert_snapshot"),
     ];
     for (s, _) in &all {
         match s {
@@ -173,7 +179,13 @@ fn every_step() -> Vec<(Step, &'static str)> {
             | Step::RemoveNodeFiles(_)
             | Step::RemoveOverlay(_)
             | Step::RemoveNetwork
-            | Step::RemoveDir => {}
+            | Step::RemoveDir
+            | Step::SyncDisks(_)
+            | Step::SuspendDomain(_)
+            | Step::CreateSnapshot(_)
+            | Step::ResumeDomain(_)
+            | Step::DeleteSnapshot(_)
+            | Step::RevertSnapshot(_) => {}
         }
     }
     all

@@ -23,7 +23,8 @@ impl VmclusterServer {
                 + VmclusterServer::node_router()
                 + VmclusterServer::exec_router()
                 + VmclusterServer::observe_router()
-                + VmclusterServer::dmesg_router(),
+                + VmclusterServer::dmesg_router()
+                + VmclusterServer::snapshot_router(),
         }
     }
 

@@ -9,6 +9,7 @@
 //!   idempotence, conflicts, restart, partial failures).
 //! * [`mcp`]: the real binary behind a real MCP client (tool listing, schemas, envelopes,
 //!   hostile input).
+//! * [`snapshot`]: cluster snapshots over MCP (naming, kinds, revert actions, refusals).
 //! * [`cli`]: the binary's one-shot verbs (`--json` envelopes, exit codes, human output).
 //!
 //! Every in-process engine of this binary shares the driver's one default connection, so each
@@ -20,6 +21,7 @@
 mod cli;
 mod engine;
 mod mcp;
+mod snapshot;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};

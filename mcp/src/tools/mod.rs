@@ -1,6 +1,7 @@
-//! Tool groups, one `#[tool_router]` per resource: clusters, nodes, remote execution, observability.
+//! Tool groups, one `#[tool_router]` per resource: clusters, nodes, remote execution, observability, snapshots.
 
 pub mod cluster;
 pub mod exec;
 pub mod node;
 pub mod observe;
+pub mod snapshot;

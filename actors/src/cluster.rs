@@ -884,7 +884,7 @@ fn node_status(
 
 /// The host key pinned for `node` of `cluster`, from the journal (a cluster's removal or an
 /// empty record forgets it).
-fn pinned_key(journal: &Journal, cluster: &str, node: &str) -> Option<String> {
+pub(crate) fn pinned_key(journal: &Journal, cluster: &str, node: &str) -> Option<String> {
     let mut pinned = None;
     for rec in journal.iter_all().flatten() {
         match rec.body {

@@ -37,7 +37,7 @@ use vmcluster_engine::state::DomainState;
 use vmcluster_engine::topology::ClusterSpec;
 use vmcluster_journal::{BodyV1, Journal, ObjectKind, Outcome};
 
-use crate::cluster::{Ctx, Reply, Resolved, ask_node};
+use crate::cluster::{Ctx, Reply, Resolved, ask_node, pinned_key};
 use crate::error::{EngineError, Result};
 use crate::exec::ExecRequest;
 use crate::host;
@@ -97,6 +97,8 @@ struct Ledger {
     include_memory: Option<bool>,
     /// The nodes' states at the cut (before the cut's pause).
     states: BTreeMap<String, DomainState>,
+    /// Nodes whose host key was pinned at the cut (their disks hold that key).
+    pinned: BTreeSet<String>,
     /// Nodes holding it (created and not removed).
     nodes: BTreeSet<String>,
     /// How the create ended.
@@ -113,7 +115,7 @@ impl Ledger {
 
 /// The snapshots this cluster's operations created and did not remove, by name.
 fn ledger(journal: &Journal, cluster: &str) -> Result<BTreeMap<String, Ledger>> {
-    type CreateParams = (bool, BTreeMap<String, DomainState>);
+    type CreateParams = (bool, BTreeMap<String, DomainState>, BTreeSet<String>);
     let mut creates: HashMap<Uuid, CreateParams> = HashMap::new();
     let mut outcomes: HashMap<Uuid, Outcome> = HashMap::new();
     let mut out: BTreeMap<String, Ledger> = BTreeMap::new();
@@ -130,7 +132,8 @@ fn ledger(journal: &Journal, cluster: &str) -> Result<BTreeMap<String, Ledger>> 
                 let v: serde_json::Value = serde_json::from_str(&params_json).unwrap_or_default();
                 let mem = v["include_memory"].as_bool().unwrap_or(true);
                 let states = serde_json::from_value(v["node_states"].clone()).unwrap_or_default();
-                creates.insert(op_id, (mem, states));
+                let pinned = serde_json::from_value(v["pinned_nodes"].clone()).unwrap_or_default();
+                creates.insert(op_id, (mem, states, pinned));
             }
             BodyV1::CommandFinished { op_id, outcome, .. } => {
                 outcomes.insert(op_id, outcome);
@@ -174,9 +177,10 @@ fn ledger(journal: &Journal, cluster: &str) -> Result<BTreeMap<String, Ledger>> 
     }
     for e in out.values_mut() {
         if let Some(op) = e.op_id {
-            if let Some((mem, states)) = creates.get(&op) {
+            if let Some((mem, states, pinned)) = creates.get(&op) {
                 e.include_memory = Some(*mem);
                 e.states = states.clone();
+                e.pinned = pinned.clone();
             }
             e.outcome = outcomes.get(&op).copied();
         }
@@ -412,6 +416,12 @@ pub(crate) async fn create(ctx: Ctx, cluster: String, req: CreateRequest) -> Rep
         "description": req.description,
         "include_memory": req.include_memory,
         "node_states": states.iter().cloned().collect::<BTreeMap<_, _>>(),
+        "pinned_nodes": spec
+            .nodes
+            .iter()
+            .filter(|n| pinned_key(&ctx.journal, &spec.name, &n.name).is_some())
+            .map(|n| n.name.clone())
+            .collect::<Vec<_>>(),
     });
     let op = match Op::begin(&ctx.journal, CREATE_TOOL, &spec.name, &params).await {
         Ok(op) => op,
@@ -621,19 +631,20 @@ pub(crate) async fn revert(
                 shown(&real, &req.snapshot_name)
             )));
         }
-        // node -> (action, whether libvirt stored memory for it)
-        let plan: Vec<(String, RevertAction, bool)> = info
+        let l = ledger.get(&real);
+        let plan: Vec<NodePlan> = info
             .nodes
             .iter()
             .zip(&nodes)
-            .map(|(n, ns)| {
-                let has_memory = ns.metas.iter().any(|m| m.name == real && m.has_memory);
-                let action = snap::revert_action(
+            .map(|(n, ns)| NodePlan {
+                node: n.node.clone(),
+                action: snap::revert_action(
                     n.domain_state.unwrap_or(DomainState::ShutOff),
                     n.kind.unwrap_or(snap::SnapshotKind::Disk),
                     req.restart_after,
-                );
-                (n.node.clone(), action, has_memory)
+                ),
+                has_memory: ns.metas.iter().any(|m| m.name == real && m.has_memory),
+                unpin: l.is_some_and(|l| !l.pinned.contains(&n.node)),
             })
             .collect();
         Ok(plan)
@@ -660,6 +671,18 @@ pub(crate) async fn revert(
         op_id: Some(op.id),
         result,
     }
+}
+
+/// What reverting one node takes.
+#[derive(Debug, Clone)]
+struct NodePlan {
+    node: String,
+    action: RevertAction,
+    /// Whether libvirt stored memory for it (even if the user did not want it).
+    has_memory: bool,
+    /// No host key was pinned at the cut: the restored disk may predate the node's key (a node
+    /// snapshotted before its first boot makes a new one), so the pin is forgotten.
+    unpin: bool,
 }
 
 /// Reverts one node as `action` says. Idempotent: it can be run again after any failure.
@@ -702,32 +725,32 @@ async fn revert_all(
     resolved: &Resolved,
     real: &str,
     req: &RevertRequest,
-    plan: &[(String, RevertAction, bool)],
+    plan: &[NodePlan],
 ) -> Result<SnapshotRevertResult> {
     let spec = &resolved.spec;
-    let how: HashMap<&str, (RevertAction, bool)> = plan
-        .iter()
-        .map(|(n, a, m)| (n.as_str(), (*a, *m)))
-        .collect();
+    let how: HashMap<&str, &NodePlan> = plan.iter().map(|p| (p.node.as_str(), p)).collect();
     let mut attempts: HashMap<String, u32> = HashMap::new();
-    let mut pending: Vec<String> = plan.iter().map(|(n, _, _)| n.clone()).collect();
+    let mut pending: Vec<String> = plan.iter().map(|p| p.node.clone()).collect();
     let mut errors: Vec<(String, EngineError)> = Vec::new();
     for attempt in 1..=REVERT_ATTEMPTS {
         let steps: Vec<Step> = pending.iter().cloned().map(Step::RevertSnapshot).collect();
         let how = &how;
         let outcomes = run_phase(op, &steps, |node| async move {
-            let (action, has_memory) = how[node.as_str()];
+            let p = how[node.as_str()];
             revert_node(
                 ctx,
                 domain_of(spec, &node)?,
                 real,
-                action,
-                has_memory,
+                p.action,
+                p.has_memory,
                 attempt > 1,
             )
             .await?;
             // The guest's state was replaced: new session, cursor and readiness probe.
             let a = resolved.node(&node)?;
+            if p.unpin {
+                ask_node(&a, |reply| NodeMsg::Unpin { reply }).await?;
+            }
             let ready_timeout = req.ssh_timeout;
             ask_node(&a, |reply| NodeMsg::Reset {
                 ready_timeout,
@@ -770,8 +793,8 @@ async fn revert_all(
     if req.wait_for_ssh {
         let up: Vec<&String> = plan
             .iter()
-            .filter(|(_, a, _)| *a != RevertAction::LeftOff)
-            .map(|(n, _, _)| n)
+            .filter(|p| p.action != RevertAction::LeftOff)
+            .map(|p| &p.node)
             .collect();
         let waits = join_all(up.iter().map(|n| async move {
             let a = resolved.node(n)?;
@@ -796,10 +819,10 @@ async fn revert_all(
         snapshot_name: real.to_owned(),
         reverted: plan
             .iter()
-            .map(|(n, a, _)| NodeRevert {
-                node: n.clone(),
-                action: *a,
-                attempts: attempts.get(n).copied().unwrap_or(1),
+            .map(|p| NodeRevert {
+                node: p.node.clone(),
+                action: p.action,
+                attempts: attempts.get(&p.node).copied().unwrap_or(1),
             })
             .collect(),
     })

@@ -120,7 +120,11 @@ async fn reverts_bring_back_files_processes_and_clocks_on_three_nodes() {
     assert_eq!(mem["complete"], true, "{mem}");
     for n in mem["nodes"].as_array().unwrap() {
         assert_eq!(
-            (n["present"].as_bool(), n["kind"].as_str(), n["domain_state"].as_str()),
+            (
+                n["present"].as_bool(),
+                n["kind"].as_str(),
+                n["domain_state"].as_str()
+            ),
             (Some(true), Some("memory"), Some("running")),
             "{n}"
         );
@@ -131,9 +135,7 @@ async fn reverts_bring_back_files_processes_and_clocks_on_three_nodes() {
     for n in disk["nodes"].as_array().unwrap() {
         assert_eq!(n["kind"], "disk", "{n}");
     }
-    let listed = c
-        .call("snapshot_list", json!({"cluster_name": name}))
-        .await;
+    let listed = c.call("snapshot_list", json!({"cluster_name": name})).await;
     let names: Vec<&str> = listed.ok()["snapshots"]
         .as_array()
         .unwrap()
@@ -144,7 +146,8 @@ async fn reverts_bring_back_files_processes_and_clocks_on_three_nodes() {
     assert_eq!(libvirt_snapshots(&format!("{name}_n2")), ["disk", "mem"]);
 
     // Everything changes after the cut.
-    let check_pid = |i: usize| format!("kill -0 {} 2>/dev/null && echo alive || echo gone", pids[i]);
+    let check_pid =
+        |i: usize| format!("kill -0 {} 2>/dev/null && echo alive || echo gone", pids[i]);
     for (i, node) in ["n1", "n2", "n3"].iter().enumerate() {
         let args = json!({"cluster_name": name, "node_name": node,
             "command": format!("echo two > /root/second && rm /root/first && kill {} && sync", pids[i])});
@@ -179,12 +182,13 @@ async fn reverts_bring_back_files_processes_and_clocks_on_three_nodes() {
     }
     let after_mem = uptimes(&c, name, None).await;
     for (a, b) in after_mem.iter().zip(&before_revert) {
-        assert!(a < b, "uptime went back: {after_mem:?} vs {before_revert:?}");
+        assert!(
+            a < b,
+            "uptime went back: {after_mem:?} vs {before_revert:?}"
+        );
     }
     // The dmesg cursor was reset with the session: the whole (reverted) log comes back.
-    let collected = c
-        .call("dmesg_collect", json!({"cluster_name": name}))
-        .await;
+    let collected = c.call("dmesg_collect", json!({"cluster_name": name})).await;
     for n in collected.ok()["nodes"].as_array().unwrap() {
         assert!(
             n["lines"]
@@ -205,7 +209,13 @@ async fn reverts_bring_back_files_processes_and_clocks_on_three_nodes() {
     assert_eq!(keys_after, keys_before, "same disks, same pinned host keys");
 
     // Disk: the nodes reboot into the disk state of the cut.
-    on(&c, name, None, "echo three > /root/third && rm /root/first && sync").await;
+    on(
+        &c,
+        name,
+        None,
+        "echo three > /root/third && rm /root/first && sync",
+    )
+    .await;
     let before_disk = uptimes(&c, name, None).await;
     let r = c
         .call(
@@ -272,6 +282,20 @@ async fn mixed_nodes_failed_creates_and_destroy_leave_no_snapshot() {
     c.call("cluster_define", json!({"topology_name": name}))
         .await
         .ok();
+    // Before the first boot (every node off): disk-only on every node.
+    let r = c
+        .call(
+            "snapshot_create",
+            json!({"cluster_name": name, "snapshot_name": "pristine"}),
+        )
+        .await;
+    for n in r.ok()["nodes"].as_array().unwrap() {
+        assert_eq!(
+            (n["kind"].as_str(), n["domain_state"].as_str()),
+            (Some("disk"), Some("shut off")),
+            "{n}"
+        );
+    }
     c.call(
         "cluster_start",
         json!({"cluster_name": name, "ssh_timeout_s": 180}),
@@ -314,8 +338,17 @@ async fn mixed_nodes_failed_creates_and_destroy_leave_no_snapshot() {
             ("disk", "shut off")
         ]
     );
-    assert!(kinds[0].2 > 0 && kinds[1].2 > 0 && kinds[2].2 == 0, "{kinds:?}");
-    on(&c, name, Some(up), "rm /root/first && echo two > /root/second").await;
+    assert!(
+        kinds[0].2 > 0 && kinds[1].2 > 0 && kinds[2].2 == 0,
+        "{kinds:?}"
+    );
+    on(
+        &c,
+        name,
+        Some(up),
+        "rm /root/first && echo two > /root/second",
+    )
+    .await;
     let r = c
         .call(
             "snapshot_revert",
@@ -357,7 +390,7 @@ async fn mixed_nodes_failed_creates_and_destroy_leave_no_snapshot() {
     for n in ["n1", "n2", "n3"] {
         assert_eq!(
             libvirt_snapshots(&format!("{name}_{n}")),
-            ["mixed"],
+            ["mixed", "pristine"],
             "{n} kept a piece of the failed snapshot"
         );
     }
@@ -368,16 +401,33 @@ async fn mixed_nodes_failed_creates_and_destroy_leave_no_snapshot() {
     );
     assert_eq!(virsh(&["domstate", &format!("{name}_n2")]), ["running"]);
     assert_eq!(virsh(&["domstate", &format!("{name}_n3")]), ["shut off"]);
-    let listed = c
-        .call("snapshot_list", json!({"cluster_name": name}))
-        .await;
+    let listed = c.call("snapshot_list", json!({"cluster_name": name})).await;
     let snaps = listed.ok()["snapshots"].as_array().unwrap().clone();
-    assert_eq!(snaps.len(), 1, "{snaps:?}");
-    assert_eq!(snaps[0]["complete"], true);
+    assert_eq!(snaps.len(), 2, "{snaps:?}");
+    assert!(snaps.iter().all(|s| s["complete"] == true), "{snaps:?}");
     c.close().await;
 
-    // Destroy keeping the disks: no snapshot survives inside them either.
+    // Back before the first boot: every node was off then, so every node is off now. A node
+    // booted from that disk makes itself a new host key, which is accepted (none was pinned at
+    // the cut), and its disk is the pristine one.
     let c = McpClient::spawn(&s.env("qemu:///system")).await;
+    let r = c
+        .call(
+            "snapshot_revert",
+            json!({"cluster_name": name, "snapshot_name": "pristine"}),
+        )
+        .await;
+    assert_eq!(actions(r.ok()), ["left_off"; 3]);
+    assert_eq!(node_field(r.ok(), "domain_state"), ["shut off"; 3]);
+    c.call(
+        "node_start",
+        json!({"cluster_name": name, "node_name": "n1", "ssh_timeout_s": 180}),
+    )
+    .await
+    .ok();
+    assert_eq!(on(&c, name, Some(&["n1"]), "ls /root | wc -l").await, ["0"]);
+
+    // Destroy keeping the disks: no snapshot survives inside them either.
     c.call(
         "cluster_destroy",
         json!({"cluster_name": name, "remove_overlays": false}),
@@ -385,7 +435,11 @@ async fn mixed_nodes_failed_creates_and_destroy_leave_no_snapshot() {
     .await
     .ok();
     for n in ["n1", "n2", "n3"] {
-        let overlay = s.path().join("overlays").join(name).join(format!("{n}.qcow2"));
+        let overlay = s
+            .path()
+            .join("overlays")
+            .join(name)
+            .join(format!("{n}.qcow2"));
         assert!(overlay.is_file());
         assert_eq!(image_snapshots(&overlay), Vec::<String>::new(), "{n}");
     }

@@ -124,7 +124,7 @@ pub struct Reply<T> {
 }
 
 impl<T> Reply<T> {
-    fn refused(e: EngineError) -> Reply<T> {
+    pub(crate) fn refused(e: EngineError) -> Reply<T> {
         Reply {
             op_id: None,
             result: Err(e),
@@ -250,6 +250,40 @@ pub enum ClusterMsg {
         /// Reply.
         reply: RpcReplyPort<Result<vmcluster_engine::view::ConsoleTail>>,
     },
+    /// `snapshot_create`: a consistent cut of every node (see [`crate::snapshot`]).
+    SnapshotCreate {
+        /// Cluster.
+        cluster: String,
+        /// What to take.
+        request: crate::snapshot::CreateRequest,
+        /// Reply.
+        reply: RpcReplyPort<Reply<vmcluster_engine::snapshot::SnapshotInfo>>,
+    },
+    /// `snapshot_list`.
+    SnapshotList {
+        /// Cluster.
+        cluster: String,
+        /// Reply.
+        reply: RpcReplyPort<Result<vmcluster_engine::snapshot::SnapshotList>>,
+    },
+    /// `snapshot_revert`.
+    SnapshotRevert {
+        /// Cluster.
+        cluster: String,
+        /// What to revert to, and how.
+        request: crate::snapshot::RevertRequest,
+        /// Reply.
+        reply: RpcReplyPort<Reply<vmcluster_engine::snapshot::SnapshotRevertResult>>,
+    },
+    /// `snapshot_delete`.
+    SnapshotDelete {
+        /// Cluster.
+        cluster: String,
+        /// Snapshot (or logical) name.
+        snapshot: String,
+        /// Reply.
+        reply: RpcReplyPort<Reply<vmcluster_engine::snapshot::SnapshotDeleteResult>>,
+    },
     /// Internal: add a cluster to the registry and spawn its NodeActors.
     Register {
         /// The validated cluster.
@@ -292,7 +326,7 @@ pub struct Resolved {
 }
 
 impl Resolved {
-    fn node(&self, name: &str) -> Result<ActorRef<NodeMsg>> {
+    pub(crate) fn node(&self, name: &str) -> Result<ActorRef<NodeMsg>> {
         self.nodes
             .iter()
             .find(|(n, _)| n == name)
@@ -323,11 +357,11 @@ type KeyPair = (Arc<PrivateKey>, String);
 
 /// Everything a command task needs, cheap to clone.
 #[derive(Debug, Clone)]
-struct Ctx {
+pub(crate) struct Ctx {
     me: ActorRef<ClusterMsg>,
     config: Arc<Config>,
-    virt: Virt,
-    journal: Journal,
+    pub(crate) virt: Virt,
+    pub(crate) journal: Journal,
     hostnet: ActorRef<HostNetMsg>,
     locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
     keys: Arc<Mutex<HashMap<PathBuf, KeyPair>>>,
@@ -560,6 +594,42 @@ impl Actor for ClusterActor {
                         Err(e) => Err(e),
                     };
                     let _ = reply.send(res);
+                });
+            }
+            ClusterMsg::SnapshotCreate {
+                cluster,
+                request,
+                reply,
+            } => {
+                let ctx = st.ctx.clone();
+                tokio::spawn(async move {
+                    let _ = reply.send(crate::snapshot::create(ctx, cluster, request).await);
+                });
+            }
+            ClusterMsg::SnapshotList { cluster, reply } => {
+                let ctx = st.ctx.clone();
+                tokio::spawn(async move {
+                    let _ = reply.send(crate::snapshot::list(ctx, cluster).await);
+                });
+            }
+            ClusterMsg::SnapshotRevert {
+                cluster,
+                request,
+                reply,
+            } => {
+                let ctx = st.ctx.clone();
+                tokio::spawn(async move {
+                    let _ = reply.send(crate::snapshot::revert(ctx, cluster, request).await);
+                });
+            }
+            ClusterMsg::SnapshotDelete {
+                cluster,
+                snapshot,
+                reply,
+            } => {
+                let ctx = st.ctx.clone();
+                tokio::spawn(async move {
+                    let _ = reply.send(crate::snapshot::delete(ctx, cluster, snapshot).await);
                 });
             }
             ClusterMsg::Register { spec, reply } => {
@@ -833,7 +903,7 @@ fn node_status(
 }
 
 /// The host key pinned for `node` of `cluster`, from the journal's projection.
-fn pinned_key(journal: &Journal, cluster: &str, node: &str) -> Option<String> {
+pub(crate) fn pinned_key(journal: &Journal, cluster: &str, node: &str) -> Option<String> {
     journal.view(|p| {
         p.host_keys
             .get(&(cluster.to_owned(), node.to_owned()))
@@ -858,7 +928,7 @@ fn defined_specs(journal: &Journal) -> Vec<ClusterSpec> {
 }
 
 impl Ctx {
-    async fn lock(&self, cluster: &str) -> tokio::sync::OwnedMutexGuard<()> {
+    pub(crate) async fn lock(&self, cluster: &str) -> tokio::sync::OwnedMutexGuard<()> {
         let m = self
             .locks
             .lock()
@@ -890,7 +960,7 @@ impl Ctx {
         Ok(entry)
     }
 
-    async fn resolve(&self, cluster: &str) -> Result<Resolved> {
+    pub(crate) async fn resolve(&self, cluster: &str) -> Result<Resolved> {
         let c = cluster.to_owned();
         ask(
             &self.me,
@@ -900,7 +970,7 @@ impl Ctx {
         .await?
     }
 
-    async fn status(&self, cluster: &str) -> Result<ClusterStatus> {
+    pub(crate) async fn status(&self, cluster: &str) -> Result<ClusterStatus> {
         let c = cluster.to_owned();
         ask(
             &self.me,
@@ -957,7 +1027,7 @@ where
     }
 }
 
-async fn ask_node<T: Send + 'static>(
+pub(crate) async fn ask_node<T: Send + 'static>(
     node: &ActorRef<NodeMsg>,
     msg: impl FnOnce(RpcReplyPort<Result<T>>) -> NodeMsg,
 ) -> Result<T> {
@@ -1334,7 +1404,22 @@ async fn undo_object(
                 host::remove_file(path)
             }
         }
-        ObjectKind::Snapshot | ObjectKind::Rule => Err(EngineError::Internal(format!(
+        ObjectKind::Snapshot => {
+            // `<node>/<snapshot>`: delete the node's snapshot if its domain has it.
+            let (node, snap) = id
+                .split_once('/')
+                .ok_or_else(|| EngineError::Internal(format!("bad snapshot ledger id {id:?}")))?;
+            let domain = spec
+                .and_then(|s| s.node(node))
+                .map(|n| n.domain_name.clone())
+                .ok_or_else(|| EngineError::Internal(format!("no node {node} for {id:?}")))?;
+            if matches!(ctx.virt.domain_owner(&domain).await?, Some(Some(o)) if o.cluster == cluster)
+            {
+                ctx.virt.delete_snapshot(&domain, snap).await?;
+            }
+            Ok(())
+        }
+        ObjectKind::Rule => Err(EngineError::Internal(format!(
             "no undo for {} objects yet",
             kind.as_str()
         ))),
@@ -1385,6 +1470,9 @@ async fn settle_all(ctx: &Ctx) {
             ),
             Settle::RollBack => {
                 let outcome = rollback(ctx, info.op_id, &cluster, &stopped).await;
+                if kind == OpKind::SnapshotCreate {
+                    resume_paused(ctx, &cluster).await;
+                }
                 (
                     Err(EngineError::Internal(format!(
                         "{stopped}; restart rolled the operation back"
@@ -1437,6 +1525,28 @@ async fn settle_all(ctx: &Ctx) {
                 tracing::error!(cluster = %c, network = %r.spec.network.name, "a cluster's network is gone; cluster_define recreates it")
             }
             Err(e) => tracing::error!(cluster = %c, error = %e, "cannot read a cluster's network"),
+        }
+    }
+}
+
+/// Resumes every node of `cluster` left paused (a snapshot cut interrupted by a crash).
+async fn resume_paused(ctx: &Ctx, cluster: &str) {
+    let Ok(r) = ctx.resolve(cluster).await else {
+        return;
+    };
+    for n in &r.spec.nodes {
+        if matches!(
+            ctx.virt.domain_state(&n.domain_name).await,
+            Ok(DomainState::Paused)
+        ) {
+            match ctx.virt.resume_domain(&n.domain_name).await {
+                Ok(()) => {
+                    tracing::warn!(%cluster, node = %n.name, "resumed a node a cut had paused")
+                }
+                Err(e) => {
+                    tracing::error!(%cluster, node = %n.name, error = %e, "cannot resume a paused node")
+                }
+            }
         }
     }
 }

@@ -92,6 +92,30 @@ pub async fn image_format(path: &Path) -> Result<String> {
         .ok_or_else(|| EngineError::io("parse qemu-img info", "no format field"))
 }
 
+/// The internal snapshots stored in a qcow2 image: tag → bytes of saved VM state
+/// (`vm-state-size`, 0 for a disk-only snapshot). Read with `-U`, so it works while QEMU has
+/// the image open.
+pub async fn image_snapshots(path: &Path) -> Result<std::collections::BTreeMap<String, u64>> {
+    let out = run(
+        &format!("inspect {}", path.display()),
+        Command::new("qemu-img")
+            .args(["info", "--output=json", "-U"])
+            .arg(path),
+    )
+    .await?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| EngineError::io("parse qemu-img info", e))?;
+    Ok(v.get("snapshots")
+        .and_then(|s| s.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|s| {
+            let name = s.get("name")?.as_str()?.to_owned();
+            Some((name, s.get("vm-state-size")?.as_u64().unwrap_or(0)))
+        })
+        .collect())
+}
+
 /// Creates a qcow2 overlay of `base` at `overlay` unless it exists. Returns whether it was created.
 pub async fn ensure_overlay(base: &Path, overlay: &Path) -> Result<bool> {
     if existing_file(overlay)? {

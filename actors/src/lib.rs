@@ -23,6 +23,7 @@ pub mod libvirt;
 pub mod node;
 pub mod ops;
 pub mod optrack;
+pub mod snapshot;
 pub mod ssh;
 
 use std::sync::Arc;
@@ -496,6 +497,67 @@ impl Engine {
                 ticket,
                 reply,
             }
+        })
+        .await
+    }
+}
+
+impl Engine {
+    /// `snapshot_create`: a consistent cut of every node (see [`snapshot`]).
+    pub async fn snapshot_create(
+        &self,
+        cluster: &str,
+        request: snapshot::CreateRequest,
+    ) -> Reply<vmcluster_engine::snapshot::SnapshotInfo> {
+        let cluster = cluster.to_owned();
+        self.reply(|reply| ClusterMsg::SnapshotCreate {
+            cluster,
+            request,
+            reply,
+        })
+        .await
+    }
+
+    /// `snapshot_list`.
+    pub async fn snapshot_list(
+        &self,
+        cluster: &str,
+    ) -> Result<vmcluster_engine::snapshot::SnapshotList> {
+        let cluster = cluster.to_owned();
+        ask(
+            &self.cluster,
+            |reply| ClusterMsg::SnapshotList { cluster, reply },
+            None,
+        )
+        .await?
+    }
+
+    /// `snapshot_revert`.
+    pub async fn snapshot_revert(
+        &self,
+        cluster: &str,
+        request: snapshot::RevertRequest,
+    ) -> Reply<vmcluster_engine::snapshot::SnapshotRevertResult> {
+        let cluster = cluster.to_owned();
+        self.reply(|reply| ClusterMsg::SnapshotRevert {
+            cluster,
+            request,
+            reply,
+        })
+        .await
+    }
+
+    /// `snapshot_delete`.
+    pub async fn snapshot_delete(
+        &self,
+        cluster: &str,
+        snapshot: &str,
+    ) -> Reply<vmcluster_engine::snapshot::SnapshotDeleteResult> {
+        let (cluster, snapshot) = (cluster.to_owned(), snapshot.to_owned());
+        self.reply(|reply| ClusterMsg::SnapshotDelete {
+            cluster,
+            snapshot,
+            reply,
         })
         .await
     }

@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use virt::connect::Connect;
 use virt::error::ErrorNumber;
 use virt::sys;
+use vmcluster_engine::snapshot::{self, SnapshotMeta};
 use vmcluster_engine::state::DomainState;
 use vmcluster_engine::topology::ExistingNetwork;
 use vmcluster_engine::xml::{self, Owner};
@@ -288,15 +289,29 @@ impl Virt {
         .await
     }
 
-    /// Undefines domain `name` with its snapshot metadata; absent domains are left alone.
+    /// Undefines domain `name` with its snapshots; absent domains are left alone.
+    ///
+    /// Internal snapshots live inside the node's disks, which may outlive the domain (destroy
+    /// without `remove_overlays`), so they are deleted with their data first; only if libvirt
+    /// cannot do that is their metadata dropped with the domain (and a warning logged).
     pub async fn undefine_domain(&self, name: &str) -> Result<()> {
         let n = name.to_owned();
         self.call(&format!("undefine domain {name}"), move |c| {
             match c.lookup_domain_by_name(&n) {
-                Ok(d) => d.undefine_flags(
-                    sys::VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
-                        | sys::VIR_DOMAIN_UNDEFINE_MANAGED_SAVE,
-                ),
+                Ok(d) => {
+                    let roots = d
+                        .list_all_snapshots(sys::VIR_DOMAIN_SNAPSHOT_LIST_ROOTS)
+                        .unwrap_or_default();
+                    for s in roots {
+                        if let Err(e) = s.delete(sys::VIR_DOMAIN_SNAPSHOT_DELETE_CHILDREN) {
+                            tracing::warn!(domain = %n, error = %e.message(), "cannot delete a snapshot's data; dropping its metadata with the domain");
+                        }
+                    }
+                    d.undefine_flags(
+                        sys::VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+                            | sys::VIR_DOMAIN_UNDEFINE_MANAGED_SAVE,
+                    )
+                }
                 Err(e) if is(&e, ErrorNumber::NoDomain) => Ok(()),
                 Err(e) => Err(e),
             }
@@ -393,6 +408,145 @@ impl Virt {
             }
             Ok(out)
         })
+        .await
+    }
+}
+
+/// The power state a revert leaves a domain in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RevertTo {
+    /// Running (a memory snapshot resumes; libvirt starts a stopped domain from it).
+    Running,
+    /// Paused at the snapshot point (a memory snapshot's CPUs do not run).
+    Paused,
+    /// The state the snapshot recorded (off for a disk-only snapshot).
+    AsTaken,
+}
+
+impl Virt {
+    /// Pauses domain `name` if it is running; returns whether it was paused by this call.
+    pub async fn suspend_domain(&self, name: &str) -> Result<bool> {
+        let n = name.to_owned();
+        self.call(&format!("suspend domain {name}"), move |c| {
+            let d = c.lookup_domain_by_name(&n)?;
+            if map_state(d.state()?.0) != DomainState::Running {
+                return Ok(false);
+            }
+            d.suspend().map(|()| true)
+        })
+        .await
+    }
+
+    /// Resumes domain `name` if it is paused.
+    pub async fn resume_domain(&self, name: &str) -> Result<()> {
+        let n = name.to_owned();
+        self.call(&format!("resume domain {name}"), move |c| {
+            let d = c.lookup_domain_by_name(&n)?;
+            if map_state(d.state()?.0) != DomainState::Paused {
+                return Ok(());
+            }
+            d.resume()
+        })
+        .await
+    }
+
+    /// Creates a snapshot of domain `name` from `<domainsnapshot>` XML (an internal one: memory
+    /// and disks on an active domain, disks on a shut-off one).
+    pub async fn create_snapshot(&self, name: &str, xml: String) -> Result<()> {
+        let n = name.to_owned();
+        self.call(&format!("create snapshot of domain {name}"), move |c| {
+            c.lookup_domain_by_name(&n)?
+                .create_snapshot_xml(&xml, 0)
+                .map(drop)
+        })
+        .await
+    }
+
+    /// Snapshot `snapshot` of domain `name`, if both exist.
+    pub async fn snapshot(&self, name: &str, snapshot: &str) -> Result<Option<SnapshotMeta>> {
+        let (n, s) = (name.to_owned(), snapshot.to_owned());
+        self.call(&format!("look up snapshot of domain {name}"), move |c| {
+            let d = match c.lookup_domain_by_name(&n) {
+                Ok(d) => d,
+                Err(e) if is(&e, ErrorNumber::NoDomain) => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            match virt::domain::Domain::lookup_snapshot_by_name(&d, &s, 0) {
+                Ok(snap) => Ok(snapshot::parse_snapshot_xml(&snap.xml_desc(0)?)),
+                Err(e) if is(&e, ErrorNumber::NoDomainSnapshot) => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+        .await
+    }
+
+    /// Every snapshot of domain `name` (none when the domain does not exist).
+    pub async fn snapshots(&self, name: &str) -> Result<Vec<SnapshotMeta>> {
+        let n = name.to_owned();
+        self.call(&format!("list snapshots of domain {name}"), move |c| {
+            let d = match c.lookup_domain_by_name(&n) {
+                Ok(d) => d,
+                Err(e) if is(&e, ErrorNumber::NoDomain) => return Ok(Vec::new()),
+                Err(e) => return Err(e),
+            };
+            let mut out = Vec::new();
+            for s in d.list_all_snapshots(0)? {
+                if let Some(m) = snapshot::parse_snapshot_xml(&s.xml_desc(0)?) {
+                    out.push(m);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Reverts domain `name` to `snapshot`, leaving it as `to` says. `force` lets libvirt
+    /// replace a running domain whose configuration it cannot prove compatible.
+    pub async fn revert_snapshot(
+        &self,
+        name: &str,
+        snapshot: &str,
+        to: RevertTo,
+        force: bool,
+    ) -> Result<()> {
+        let (n, s) = (name.to_owned(), snapshot.to_owned());
+        let mut flags = match to {
+            RevertTo::Running => sys::VIR_DOMAIN_SNAPSHOT_REVERT_RUNNING,
+            RevertTo::Paused => sys::VIR_DOMAIN_SNAPSHOT_REVERT_PAUSED,
+            RevertTo::AsTaken => 0,
+        };
+        if force {
+            flags |= sys::VIR_DOMAIN_SNAPSHOT_REVERT_FORCE;
+        }
+        self.call(
+            &format!("revert domain {name} to snapshot {snapshot}"),
+            move |c| {
+                let d = c.lookup_domain_by_name(&n)?;
+                virt::domain::Domain::lookup_snapshot_by_name(&d, &s, 0)?.revert(flags)
+            },
+        )
+        .await
+    }
+
+    /// Deletes snapshot `snapshot` of domain `name` (data and metadata); returns whether it
+    /// existed.
+    pub async fn delete_snapshot(&self, name: &str, snapshot: &str) -> Result<bool> {
+        let (n, s) = (name.to_owned(), snapshot.to_owned());
+        self.call(
+            &format!("delete snapshot {snapshot} of domain {name}"),
+            move |c| {
+                let d = match c.lookup_domain_by_name(&n) {
+                    Ok(d) => d,
+                    Err(e) if is(&e, ErrorNumber::NoDomain) => return Ok(false),
+                    Err(e) => return Err(e),
+                };
+                match virt::domain::Domain::lookup_snapshot_by_name(&d, &s, 0) {
+                    Ok(snap) => snap.delete(0).map(|()| true),
+                    Err(e) if is(&e, ErrorNumber::NoDomainSnapshot) => Ok(false),
+                    Err(e) => Err(e),
+                }
+            },
+        )
         .await
     }
 }

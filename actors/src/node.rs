@@ -131,6 +131,15 @@ pub enum NodeMsg {
         /// Reply when the change is journaled.
         reply: RpcReplyPort<Result<()>>,
     },
+    /// The domain's state was replaced behind the guest's back (a snapshot revert): re-read it
+    /// from libvirt, drop the pooled SSH session and the dmesg cursor, and start a new boot
+    /// generation with a fresh readiness probe when it runs. The host key pin stays (same disk).
+    Reset {
+        /// Readiness budget of the new probe.
+        ready_timeout: Duration,
+        /// Reply with the domain state read.
+        reply: RpcReplyPort<Result<DomainState>>,
+    },
     /// A report from the readiness probe of boot `generation`.
     Probe {
         /// Boot generation the probe belongs to.
@@ -279,6 +288,13 @@ impl Actor for NodeActor {
                 }
             }
             NodeMsg::Probe { generation, report } => self.on_probe(st, generation, report).await,
+            NodeMsg::Reset {
+                ready_timeout,
+                reply,
+            } => {
+                let res = self.on_reset(&me, st, ready_timeout).await;
+                let _ = reply.send(res);
+            }
         }
         Ok(())
     }
@@ -318,6 +334,24 @@ impl NodeActor {
         if before.domain_state != s {
             tracing::info!(domain = %st.args.domain, from = ?before.domain_state, to = ?s, "domain state changed");
         }
+    }
+
+    async fn on_reset(
+        &self,
+        me: &ActorRef<NodeMsg>,
+        st: &mut NodeState,
+        ready_timeout: Duration,
+    ) -> Result<DomainState> {
+        let s = st.args.virt.domain_state(&st.args.domain).await?;
+        st.ready_timeout = ready_timeout;
+        st.tx.send_modify(|snap| snap.domain_state = s);
+        if s == DomainState::Running {
+            self.begin_boot(me, st, ready_timeout);
+        } else {
+            self.end_boot(st);
+        }
+        tracing::info!(node = %st.args.node, state = ?s, "node reset (snapshot revert)");
+        Ok(s)
     }
 
     fn end_boot(&self, st: &mut NodeState) {

@@ -13,6 +13,7 @@ pub mod plan;
 pub mod probe;
 pub mod recovery;
 pub mod seed;
+pub mod snapshot;
 pub mod state;
 pub mod topology;
 pub mod view;

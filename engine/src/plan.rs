@@ -43,6 +43,18 @@ pub enum Step {
     WaitReady(String),
     /// Reboot the node (ACPI or reset).
     RebootDomain(String),
+    /// Flush the node's file systems (best effort, over SSH) before a disk-only snapshot.
+    SyncDisks(String),
+    /// Pause the node's CPUs for the cluster-wide cut.
+    SuspendDomain(String),
+    /// Take the node's internal snapshot.
+    CreateSnapshot(String),
+    /// Resume a node the cut paused (always run, whatever happened in between).
+    ResumeDomain(String),
+    /// Delete the node's snapshot if present (data and metadata).
+    DeleteSnapshot(String),
+    /// Revert the node to the snapshot and power it as the revert asks.
+    RevertSnapshot(String),
 }
 
 impl Step {
@@ -65,6 +77,12 @@ impl Step {
             Step::StartDomain(_) => "start_domain",
             Step::WaitReady(_) => "wait_ready",
             Step::RebootDomain(_) => "reboot_domain",
+            Step::SyncDisks(_) => "sync_disks",
+            Step::SuspendDomain(_) => "suspend_domain",
+            Step::CreateSnapshot(_) => "create_snapshot",
+            Step::ResumeDomain(_) => "resume_domain",
+            Step::DeleteSnapshot(_) => "delete_snapshot",
+            Step::RevertSnapshot(_) => "revert_snapshot",
         }
     }
 
@@ -81,7 +99,13 @@ impl Step {
             | Step::RemoveOverlay(n)
             | Step::StartDomain(n)
             | Step::WaitReady(n)
-            | Step::RebootDomain(n) => Some(n),
+            | Step::RebootDomain(n)
+            | Step::SyncDisks(n)
+            | Step::SuspendDomain(n)
+            | Step::CreateSnapshot(n)
+            | Step::ResumeDomain(n)
+            | Step::DeleteSnapshot(n)
+            | Step::RevertSnapshot(n) => Some(n),
             _ => None,
         }
     }
@@ -118,4 +142,30 @@ pub fn destroy_plan(spec: &ClusterSpec, remove_overlays: bool) -> Vec<Step> {
         steps.push(Step::RemoveDir);
     }
     steps
+}
+
+/// The plan of `snapshot_create`, as phases: the steps of one phase run on their nodes at once,
+/// and a phase starts when the previous one ended. `running` are the nodes whose CPUs run at
+/// the cut (they are paused for it, so no node runs ahead inside the snapshot, and resumed
+/// whatever happened: the resume phase always runs); `all` are every node, in topology order.
+/// A disk-only snapshot first flushes the running nodes' file systems. If the snapshot phase
+/// fails anywhere, the undo is a `DeleteSnapshot` on every node it was attempted on.
+pub fn snapshot_create_plan(
+    running: &[String],
+    all: &[String],
+    include_memory: bool,
+) -> Vec<Vec<Step>> {
+    let each = |f: fn(String) -> Step, nodes: &[String]| nodes.iter().cloned().map(f).collect();
+    let mut phases = Vec::new();
+    if !include_memory && !running.is_empty() {
+        phases.push(each(Step::SyncDisks, running));
+    }
+    if !running.is_empty() {
+        phases.push(each(Step::SuspendDomain, running));
+    }
+    phases.push(each(Step::CreateSnapshot, all));
+    if !running.is_empty() {
+        phases.push(each(Step::ResumeDomain, running));
+    }
+    phases
 }

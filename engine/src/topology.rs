@@ -549,6 +549,15 @@ impl Topology {
                     format!("snapshot name {real:?} {e}"),
                 );
             }
+            // `a: b` with `b: c` would make `b` mean two snapshots.
+            if logical != real && self.snapshots.contains_key(real) {
+                bad(
+                    format!("snapshots.{logical}"),
+                    format!(
+                        "snapshot name {real:?} is also a logical name; names must resolve in one step"
+                    ),
+                );
+            }
         }
 
         // Nodes.

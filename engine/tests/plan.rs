@@ -8,7 +8,7 @@
 
 mod common;
 
-use vmcluster_engine::plan::{Step, define_plan, destroy_plan};
+use vmcluster_engine::plan::{Step, define_plan, destroy_plan, snapshot_create_plan};
 use vmcluster_engine::topology::ClusterSpec;
 
 /// `name` or `name(node)`, the way the journal and errors show a step.
@@ -161,6 +161,12 @@ fn every_step() -> Vec<(Step, &'static str)> {
         (Step::StartDomain(n()), "start_domain"),
         (Step::WaitReady(n()), "wait_ready"),
         (Step::RebootDomain(n()), "reboot_domain"),
+        (Step::SyncDisks(n()), "sync_disks"),
+        (Step::SuspendDomain(n()), "suspend_domain"),
+        (Step::CreateSnapshot(n()), "create_snapshot"),
+        (Step::ResumeDomain(n()), "resume_domain"),
+        (Step::DeleteSnapshot(n()), "delete_snapshot"),
+        (Step::RevertSnapshot(n()), "revert_snapshot"),
     ];
     for (s, _) in &all {
         match s {
@@ -179,7 +185,13 @@ fn every_step() -> Vec<(Step, &'static str)> {
             | Step::RemoveDir
             | Step::StartDomain(_)
             | Step::WaitReady(_)
-            | Step::RebootDomain(_) => {}
+            | Step::RebootDomain(_)
+            | Step::SyncDisks(_)
+            | Step::SuspendDomain(_)
+            | Step::CreateSnapshot(_)
+            | Step::ResumeDomain(_)
+            | Step::DeleteSnapshot(_)
+            | Step::RevertSnapshot(_) => {}
         }
     }
     all
@@ -275,4 +287,46 @@ fn plans_respect_dependencies_and_leave_nothing() {
         assert_eq!(dropped.len(), spec.nodes.len() + 1);
         assert!(keep.iter().all(|s| destroy.contains(s)));
     }
+}
+
+#[test]
+fn a_snapshot_cut_pauses_running_nodes_around_the_snapshots_and_always_resumes_them() {
+    let v = |xs: &[&str]| xs.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    let (running, all) = (v(&["a", "b"]), v(&["a", "b", "c"]));
+    let names = |phases: Vec<Vec<Step>>| -> Vec<Vec<String>> {
+        phases
+            .iter()
+            .map(|p| {
+                p.iter()
+                    .map(|s| format!("{}:{}", s.name(), s.node().unwrap()))
+                    .collect()
+            })
+            .collect()
+    };
+    let memory = names(snapshot_create_plan(&running, &all, true));
+    assert_eq!(
+        memory,
+        [
+            v(&["suspend_domain:a", "suspend_domain:b"]),
+            v(&[
+                "create_snapshot:a",
+                "create_snapshot:b",
+                "create_snapshot:c"
+            ]),
+            v(&["resume_domain:a", "resume_domain:b"]),
+        ]
+    );
+    // Disk-only: the running guests flush their file systems first.
+    let disk = names(snapshot_create_plan(&running, &all, false));
+    assert_eq!(disk[0], v(&["sync_disks:a", "sync_disks:b"]));
+    assert_eq!(disk[1..], memory[..]);
+    // Nothing runs: nothing to pause, sync or resume.
+    assert_eq!(
+        names(snapshot_create_plan(&[], &all, false)),
+        [v(&[
+            "create_snapshot:a",
+            "create_snapshot:b",
+            "create_snapshot:c"
+        ])]
+    );
 }

@@ -263,6 +263,8 @@ fn cases() -> Vec<Case> {
             invalid(&[("snapshots.-x", "logical name must start with a letter or a digit")])),
         Case::new("snapshot name empty", ex(&[("baseline: clean-boot", "baseline: ''")]),
             invalid(&[("snapshots.baseline", "snapshot name \"\" is empty")])),
+        Case::new("snapshot name chained through a logical name", ex(&[("baseline: clean-boot", "baseline: clean-boot\n  clean-boot: other")]),
+            invalid(&[("snapshots.baseline", "snapshot name \"clean-boot\" is also a logical name")])),
         Case::new("ssh user unsafe", ex(&[(SSH_USER, "user: root;id")]),
             invalid(&[("ssh.user", "\"root;id\" contains ';'")])),
 

@@ -382,3 +382,54 @@ pub struct EventsReadParams {
     #[serde(default)]
     pub cluster: Option<String>,
 }
+
+/// `snapshot_create`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotCreateParams {
+    /// Cluster name.
+    pub cluster_name: String,
+    /// Snapshot name: 1-64 letters, digits, '-', '_' or '.', starting with a letter or digit.
+    /// A logical name from the topology's `snapshots:` map (`baseline`) stands for its real
+    /// name (`clean-boot`).
+    pub snapshot_name: String,
+    /// Free text kept with the snapshot (at most 1024 characters).
+    #[serde(default)]
+    pub description: Option<String>,
+    /// true: running nodes' memory is kept too, so a revert resumes them where they were
+    /// (processes, clocks) without a reboot. false (default): disk state only (running nodes'
+    /// file systems are synced first), and a revert boots the nodes from it.
+    #[serde(default)]
+    pub include_memory: bool,
+}
+
+/// `snapshot_delete`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotDeleteParams {
+    /// Cluster name.
+    pub cluster_name: String,
+    /// Snapshot name, or a logical name from the topology's `snapshots:` map.
+    pub snapshot_name: String,
+}
+
+/// `snapshot_revert`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotRevertParams {
+    /// Cluster name.
+    pub cluster_name: String,
+    /// Snapshot name, or a logical name from the topology's `snapshots:` map.
+    pub snapshot_name: String,
+    /// Bring the nodes that were running at the snapshot back up: from memory for a memory
+    /// snapshot, by booting from the restored disks otherwise. false leaves every node shut off
+    /// with its disks restored. Default true.
+    #[serde(default = "yes")]
+    pub restart_after: bool,
+    /// Wait until the restarted nodes are ready (SSH works). Default true.
+    #[serde(default = "yes")]
+    pub wait_for_ssh: bool,
+    /// Readiness budget per node in seconds (1-3600). Default 120.
+    #[serde(default = "ssh_timeout")]
+    pub ssh_timeout_s: u64,
+}

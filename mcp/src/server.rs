@@ -41,7 +41,8 @@ impl VmclusterServer {
                 + VmclusterServer::observe_router()
                 + VmclusterServer::dmesg_router()
                 + VmclusterServer::ops_router()
-                + VmclusterServer::events_router(),
+                + VmclusterServer::events_router()
+                + VmclusterServer::snapshot_router(),
             subscriptions: Arc::default(),
         }
     }

@@ -15,6 +15,7 @@ mod notready;
 mod partial;
 mod randomkill;
 mod restart;
+mod snapshot;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -124,7 +125,8 @@ pub fn host_objects(name: &str) -> HostObjects {
 }
 
 /// Destroys cluster `name` with its disks and checks that nothing of it is left on the host: no
-/// domain, network, bridge, or cluster directory under the scratch root's overlays.
+/// domain, network, bridge, snapshot metadata, or cluster directory under the scratch root's
+/// overlays.
 pub async fn destroy_and_check_clean(c: &vmcluster_tests::McpClient, s: &Scratch, name: &str) {
     c.call(
         "cluster_destroy",
@@ -141,6 +143,25 @@ pub async fn destroy_and_check_clean(c: &vmcluster_tests::McpClient, s: &Scratch
         !s.path().join("overlays").join(name).exists(),
         "cluster directory left behind"
     );
+    assert_eq!(
+        snapshot_metadata(name),
+        Vec::<String>::new(),
+        "libvirt still keeps snapshot metadata"
+    );
+}
+
+/// libvirt's snapshot metadata directories of cluster `name`'s domains (the test host's
+/// private `/var/lib/libvirt`).
+pub fn snapshot_metadata(name: &str) -> Vec<String> {
+    let prefix = format!("{name}_");
+    std::fs::read_dir("/var/lib/libvirt/qemu/snapshot")
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|d| d.starts_with(&prefix))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The bridge name the harness gives cluster `name` (see `topology_yaml`).

@@ -9,6 +9,7 @@
 //!   idempotence, conflicts, restart, partial failures).
 //! * [`mcp`]: the real binary behind a real MCP client (tool listing, schemas, envelopes,
 //!   hostile input).
+//! * [`snapshot`]: cluster snapshots over MCP (naming, kinds, revert actions, refusals).
 //! * [`cli`]: the binary's one-shot verbs (`--json` envelopes, exit codes, human output).
 //! * [`events`]: the event stream (`events_read`, the event resources and their notifications,
 //!   `vmcluster events` with and without a server, the control socket).
@@ -23,6 +24,7 @@ mod cli;
 mod engine;
 mod events;
 mod mcp;
+mod snapshot;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};

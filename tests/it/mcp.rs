@@ -14,7 +14,7 @@ use vmcluster_tests::McpClient;
 use crate::{Fixture, dir_names};
 
 /// The advertised contract of one tool: `(name, read_only, destructive, idempotent)`.
-const TOOLS: [(&str, bool, bool, bool); 21] = [
+const TOOLS: [(&str, bool, bool, bool); 25] = [
     ("cluster_define", false, false, true),
     ("cluster_start", false, false, true),
     ("cluster_stop", false, false, true),
@@ -36,6 +36,10 @@ const TOOLS: [(&str, bool, bool, bool); 21] = [
     ("op_list", true, false, true),
     ("op_cancel", false, false, true),
     ("events_read", true, false, true),
+    ("snapshot_create", false, false, false),
+    ("snapshot_list", true, false, true),
+    ("snapshot_revert", false, true, false),
+    ("snapshot_delete", false, true, false),
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -297,6 +301,22 @@ async fn bad_input_is_a_typed_error_and_changes_nothing() {
         Bad { tool: "node_exec", args: json!({"cluster_name": "ghost", "node_name": "n1", "command": "true"}), code: "NOT_FOUND", violations: &[], says: "ghost" },
         Bad { tool: "node_exec_all", args: json!({"cluster_name": "x", "command": "true", "nodes": []}), code: "INVALID_ARGUMENT", violations: &[], says: "nodes" },
         Bad { tool: "node_exec_all", args: json!({"cluster_name": "x", "command": "true", "timeout_s": 0}), code: "INVALID_ARGUMENT", violations: &[], says: "timeout_s" },
+        Bad { tool: "snapshot_create", args: json!({"cluster_name": "x", "snapshot_name": "../etc"}), code: "INVALID_ARGUMENT", violations: &[], says: "snapshot_name \"../etc\" contains '/'" },
+        Bad { tool: "snapshot_create", args: json!({"cluster_name": "x", "snapshot_name": "a'/><x"}), code: "INVALID_ARGUMENT", violations: &[], says: "contains '\\''" },
+        Bad { tool: "snapshot_create", args: json!({"cluster_name": "x", "snapshot_name": "s".repeat(65)}), code: "INVALID_ARGUMENT", violations: &[], says: "the limit is 64" },
+        Bad { tool: "snapshot_create", args: json!({"cluster_name": "x", "snapshot_name": ""}), code: "INVALID_ARGUMENT", violations: &[], says: "is empty" },
+        Bad { tool: "snapshot_create", args: json!({"cluster_name": "x", "snapshot_name": "-rf"}), code: "INVALID_ARGUMENT", violations: &[], says: "must start with" },
+        Bad { tool: "snapshot_create", args: json!({"cluster_name": "x", "snapshot_name": "s1", "description": "\u{1b}[2J"}), code: "INVALID_ARGUMENT", violations: &[], says: "description" },
+        Bad { tool: "snapshot_create", args: json!({"cluster_name": "x", "snapshot_name": "s1", "description": "d".repeat(1025)}), code: "INVALID_ARGUMENT", violations: &[], says: "description" },
+        Bad { tool: "snapshot_create", args: json!({"cluster_name": "x", "snapshot_name": "s1", "include_memory": "yes"}), code: "INVALID_ARGUMENT", violations: &[], says: "expected a boolean" },
+        Bad { tool: "snapshot_create", args: json!({"cluster_name": "ghost", "snapshot_name": "s1"}), code: "NOT_FOUND", violations: &[], says: "ghost" },
+        Bad { tool: "snapshot_list", args: json!({"cluster_name": "ghost"}), code: "NOT_FOUND", violations: &[], says: "ghost" },
+        Bad { tool: "snapshot_revert", args: json!({"cluster_name": "x", "snapshot_name": "s1", "ssh_timeout_s": 0}), code: "INVALID_ARGUMENT", violations: &[], says: "ssh_timeout_s" },
+        Bad { tool: "snapshot_revert", args: json!({"cluster_name": "x", "snapshot_name": "s 1"}), code: "INVALID_ARGUMENT", violations: &[], says: "snapshot_name" },
+        Bad { tool: "snapshot_revert", args: json!({"cluster_name": "ghost", "snapshot_name": "s1"}), code: "NOT_FOUND", violations: &[], says: "ghost" },
+        Bad { tool: "snapshot_delete", args: json!({"cluster_name": "x", "snapshot_name": "s1", "force": true}), code: "INVALID_ARGUMENT", violations: &[], says: "force" },
+        Bad { tool: "snapshot_delete", args: json!({"cluster_name": "x"}), code: "INVALID_ARGUMENT", violations: &[], says: "snapshot_name" },
+        Bad { tool: "snapshot_delete", args: json!({"cluster_name": "x", "snapshot_name": "a&b"}), code: "INVALID_ARGUMENT", violations: &[], says: "contains '&'" },
     ];
     let c = McpClient::spawn(&f.env()).await;
     for b in &cases {

@@ -1,4 +1,4 @@
-//! Tool groups, one `#[tool_router]` per resource: clusters, nodes, remote execution, observability.
+//! Tool groups, one `#[tool_router]` per resource: clusters, nodes, remote execution, observability, snapshots.
 
 pub mod cluster;
 pub mod events;
@@ -6,3 +6,4 @@ pub mod exec;
 pub mod node;
 pub mod observe;
 pub mod ops;
+pub mod snapshot;

@@ -115,6 +115,7 @@ async fn reverts_bring_back_files_processes_and_clocks_on_three_nodes() {
     )
     .await;
     let snap = |n: &str, mem: bool| json!({"cluster_name": name, "snapshot_name": n, "include_memory": mem, "description": format!("{n} cut")});
+    let at_cut = uptimes(&c, name, None).await;
     let mem = c.call("snapshot_create", snap("mem", true)).await;
     let mem = mem.ok();
     assert_eq!(mem["complete"], true, "{mem}");
@@ -160,7 +161,14 @@ async fn reverts_bring_back_files_processes_and_clocks_on_three_nodes() {
             .await
             .ok();
     }
-    let before_revert = uptimes(&c, name, None).await;
+    // Let every guest's clock run well past the cut (polling the guest clock itself), so a
+    // clock that went back is told apart from the time the revert and the checks take.
+    let before_revert = loop {
+        let u = uptimes(&c, name, None).await;
+        if u.iter().zip(&at_cut).all(|(now, cut)| *now >= cut + 8.0) {
+            break u;
+        }
+    };
 
     // Memory: files, processes and clocks come back, no reboot.
     let r = c

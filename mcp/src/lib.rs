@@ -7,5 +7,6 @@
 pub mod cli;
 pub mod envelope;
 pub mod params;
+pub mod resources;
 pub mod server;
 pub mod tools;

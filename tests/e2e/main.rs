@@ -7,10 +7,12 @@
 //! one at a time (two cores cannot boot several clusters at once in reasonable time).
 
 mod exec;
+mod files;
 mod inputs;
 mod lifecycle;
 mod notready;
 mod partial;
+mod reconnect;
 mod restart;
 
 use std::path::PathBuf;

@@ -2,5 +2,6 @@
 
 pub mod cluster;
 pub mod exec;
+pub mod files;
 pub mod node;
 pub mod observe;

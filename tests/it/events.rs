@@ -348,10 +348,7 @@ async fn event_resources_list_read_and_notify_subscribers() {
             .iter()
             .map(|t| t.uri_template.as_str())
             .collect::<Vec<_>>(),
-        [
-            "vmcluster://exec/{op_id}/{node}/{stream}",
-            "vmcluster://clusters/{cluster_name}/events"
-        ]
+        ["vmcluster://clusters/{cluster_name}/events"]
     );
     let empty = read_page(&c, "vmcluster://events").await;
     assert_eq!(empty["events"], json!([]));
@@ -523,7 +520,7 @@ async fn control_socket_is_owner_only_replaces_a_stale_one_and_goes_away() {
     // directory first).
     assert_eq!(
         crate::dir_names(&f.scratch.path().join("state")),
-        ["control.sock", "exec-outputs", "journal"]
+        ["control.sock", "journal"]
     );
 
     // It answers the line protocol, including with errors.

@@ -3,7 +3,6 @@
 pub mod cluster;
 pub mod events;
 pub mod exec;
-pub mod files;
 pub mod node;
 pub mod observe;
 pub mod ops;

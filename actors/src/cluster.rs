@@ -239,6 +239,17 @@ pub enum ClusterMsg {
         /// Reply.
         reply: RpcReplyPort<Result<crate::exec::NodeCollections>>,
     },
+    /// `node_upload` / `node_download`: move one file over SFTP.
+    Transfer {
+        /// Cluster.
+        cluster: String,
+        /// Node.
+        node: String,
+        /// What to move where.
+        transfer: crate::files::Transfer,
+        /// Reply.
+        reply: RpcReplyPort<Reply<vmcluster_engine::view::FileTransferResult>>,
+    },
     /// `node_console`: the end of a node's serial console log (works with SSH dead).
     Console {
         /// Cluster.
@@ -363,6 +374,7 @@ pub(crate) struct Ctx {
     pub(crate) virt: Virt,
     pub(crate) journal: Journal,
     hostnet: ActorRef<HostNetMsg>,
+    outputs: crate::outputs::OutputStore,
     locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
     keys: Arc<Mutex<HashMap<PathBuf, KeyPair>>>,
     accel: Arc<tokio::sync::Mutex<HashMap<Option<PathBuf>, Accel>>>,
@@ -379,6 +391,8 @@ pub struct ClusterArgs {
     pub journal: Journal,
     /// The HostNetActor.
     pub hostnet: ActorRef<HostNetMsg>,
+    /// Where truncated command outputs are kept in full.
+    pub outputs: crate::outputs::OutputStore,
 }
 
 /// The ClusterActor's state.
@@ -412,6 +426,7 @@ impl Actor for ClusterActor {
             virt: args.virt,
             journal: args.journal,
             hostnet: args.hostnet,
+            outputs: args.outputs,
             locks: Default::default(),
             keys: Default::default(),
             accel: Default::default(),
@@ -528,6 +543,34 @@ impl Actor for ClusterActor {
                 let ctx = st.ctx.clone();
                 tokio::spawn(async move {
                     let _ = reply.send(exec(ctx, cluster, nodes, request).await);
+                });
+            }
+            ClusterMsg::Transfer {
+                cluster,
+                node,
+                transfer,
+                reply,
+            } => {
+                let target = self.entry(st, &cluster).and_then(|e| {
+                    let actor = e.nodes.get(&node).map(|n| n.actor.clone());
+                    actor
+                        .map(|a| (e.spec.name.clone(), a))
+                        .ok_or_else(|| EngineError::NotFound {
+                            kind: "node",
+                            name: node.clone(),
+                        })
+                });
+                let (journal, limit) = (st.ctx.journal.clone(), st.ctx.config.transfer_max_bytes);
+                tokio::spawn(async move {
+                    // The arguments first: a bad path is INVALID_ARGUMENT whatever the names.
+                    let target = transfer.check(limit).and(target);
+                    let res = match target {
+                        Ok((name, actor)) => {
+                            crate::files::run(&journal, &name, &node, actor, limit, transfer).await
+                        }
+                        Err(e) => Reply::refused(e),
+                    };
+                    let _ = reply.send(res);
                 });
             }
             ClusterMsg::Dmesg {
@@ -893,6 +936,8 @@ fn node_status(
         domain_state: snap.map(|s| s.domain_state).unwrap_or(DomainState::Unknown),
         phase: snap.map(|s| s.phase).unwrap_or(Readiness::Down),
         ssh_reachable: snap.is_some_and(|s| s.phase >= Readiness::SshAuthenticated),
+        ssh_session: snap.map(|s| s.ssh).unwrap_or_default(),
+        ssh_reconnects: snap.map(|s| s.ssh_reconnects).unwrap_or(0),
         domain_type: match n.domain_type {
             DomainType::Kvm => "kvm",
             _ => "qemu",
@@ -2220,6 +2265,11 @@ async fn exec(
         Ok(op) => op,
         Err(e) => return Reply::refused(e),
     };
+    let mut request = request;
+    request.spill = Some(crate::exec::Spill {
+        store: ctx.outputs.clone(),
+        op_id: op.id,
+    });
     let outcomes = join_all(targets.iter().map(|(n, a)| {
         let request = request.clone();
         async move {

@@ -17,12 +17,14 @@ pub mod cluster;
 pub mod error;
 pub mod events;
 pub mod exec;
+pub mod files;
 pub mod host;
 pub mod hostnet;
 pub mod libvirt;
 pub mod node;
 pub mod ops;
 pub mod optrack;
+pub mod outputs;
 pub mod snapshot;
 pub mod ssh;
 
@@ -94,6 +96,7 @@ pub struct Engine {
     events: events::EventFeed,
     config: Arc<Config>,
     tracker: Arc<OpTracker>,
+    outputs: outputs::OutputStore,
 }
 
 impl Engine {
@@ -105,6 +108,7 @@ impl Engine {
         if recovery.discarded_tail {
             tracing::warn!("the journal's last record was torn and has been discarded");
         }
+        let outputs = outputs::OutputStore::open(&config.state_dir.join("exec-outputs"))?;
         let (virt, mut events) = libvirt::Virt::open(&config.libvirt_uri).await?;
         let (hostnet, _) = Actor::spawn(None, HostNetActor, virt.clone())
             .await
@@ -114,6 +118,7 @@ impl Engine {
             virt,
             journal: journal.clone(),
             hostnet: hostnet.clone(),
+            outputs: outputs.clone(),
         };
         let (cluster, _) = Actor::spawn(None, ClusterActor, args)
             .await
@@ -135,6 +140,7 @@ impl Engine {
             journal,
             config,
             tracker: Arc::default(),
+            outputs,
         })
     }
 
@@ -471,6 +477,45 @@ impl Engine {
             None,
         )
         .await?
+    }
+
+    /// `node_upload` / `node_download`: moves one file between this host and a node.
+    pub async fn transfer(
+        &self,
+        cluster: &str,
+        node: &str,
+        transfer: files::Transfer,
+    ) -> Reply<vmcluster_engine::view::FileTransferResult> {
+        let (cluster, node) = (cluster.to_owned(), node.to_owned());
+        self.reply(|reply| ClusterMsg::Transfer {
+            cluster,
+            node,
+            transfer,
+            reply,
+        })
+        .await
+    }
+
+    /// The full output behind an exec output URI (`NOT_FOUND` when unknown or evicted).
+    pub async fn exec_output(&self, uri: &str) -> Result<Vec<u8>> {
+        let Some((op_id, node, stream)) = outputs::parse_uri(uri) else {
+            return Err(EngineError::NotFound {
+                kind: "exec output",
+                name: uri.to_owned(),
+            });
+        };
+        let store = self.outputs.clone();
+        tokio::task::spawn_blocking(move || store.read(op_id, &node, stream))
+            .await
+            .map_err(|e| EngineError::Internal(e.to_string()))?
+    }
+
+    /// Every kept exec output, oldest first.
+    pub async fn exec_outputs(&self) -> Vec<outputs::StoredOutput> {
+        let store = self.outputs.clone();
+        tokio::task::spawn_blocking(move || store.list())
+            .await
+            .unwrap_or_default()
     }
 
     /// `node_crash`, `node_start`, `node_stop`, `node_reboot`.

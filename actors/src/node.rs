@@ -9,14 +9,25 @@
 //!
 //! Long work (waiting for readiness, graceful shutdown) never runs inside `handle`: the reply
 //! port moves into a task and the actor keeps answering.
+//!
+//! ## The SSH session
+//!
+//! The node's one SSH connection is published on a `watch` channel ([`Link`]); commands take
+//! it from there, so they never wait on the actor's mailbox. A watcher task per session reports
+//! when it drops. While the domain runs, a dropped session is re-established by a reconnect
+//! task with jittered exponential backoff ([`RECONNECT_FIRST`] doubling to [`RECONNECT_MAX`]),
+//! journaled as `ssh_lost` / `ssh_restored` node events and counted in the status. A command
+//! that finds no session waits for the next successful attempt, within its own timeout; a
+//! reconnect that cannot succeed (a changed host key, a missing bridge) fails it at once.
+//! A boot (start, crash, reboot) starts afresh: its readiness probe makes the session.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use tokio::sync::watch;
-use vmcluster_engine::state::{DomainState, Readiness};
+use tokio::sync::{OwnedSemaphorePermit, watch};
+use vmcluster_engine::state::{DomainState, Readiness, SshSession as SshState};
 
 use crate::error::{EngineError, Result};
 use crate::exec::ExecRequest;
@@ -40,6 +51,34 @@ pub struct NodeSnapshot {
     pub host_key: Option<String>,
     /// Boot generation (increments on every boot and every stop).
     pub generation: u64,
+    /// The pooled SSH session.
+    pub ssh: SshState,
+    /// Times the session was re-established after dropping, in this boot.
+    pub ssh_reconnects: u64,
+}
+
+/// The node's SSH session as commands see it.
+#[derive(Debug, Clone)]
+pub enum Link {
+    /// An authenticated session (with its serial number, to report its loss).
+    Up(Arc<SshSession>, u64),
+    /// None right now. `error` is why the last attempt failed; `fatal` when no attempt can
+    /// succeed until something changes (a changed host key, a missing bridge).
+    Down {
+        /// The last attempt's error.
+        error: Option<String>,
+        /// Whether retrying is pointless.
+        fatal: bool,
+    },
+}
+
+/// A session lent to a command, with one of the connection's channel slots.
+#[derive(Debug)]
+pub struct Lease {
+    /// The session.
+    pub session: Arc<SshSession>,
+    /// The channel slot, held until the lease is dropped.
+    _permit: OwnedSemaphorePermit,
 }
 
 /// Fixed facts a NodeActor is born with.
@@ -101,6 +140,20 @@ pub enum NodeMsg {
         /// Reply.
         reply: RpcReplyPort<Result<ExecResult>>,
     },
+    /// Lend the node's SSH session (with a channel slot), waiting up to `wait` for one.
+    Session {
+        /// Budget.
+        wait: Duration,
+        /// Reply.
+        reply: RpcReplyPort<Result<Lease>>,
+    },
+    /// Something happened to the SSH session of boot `generation`.
+    Link {
+        /// Boot generation.
+        generation: u64,
+        /// What.
+        event: LinkEvent,
+    },
     /// Re-read the domain state from libvirt.
     Refresh {
         /// Reply when done.
@@ -149,6 +202,30 @@ pub enum NodeMsg {
     },
 }
 
+/// What happened to a node's SSH session.
+#[derive(Debug)]
+pub enum LinkEvent {
+    /// The session with this serial dropped.
+    Lost {
+        /// Its serial.
+        serial: u64,
+    },
+    /// The reconnect task made a new session.
+    Restored {
+        /// The session.
+        session: Arc<SshSession>,
+        /// Attempts it took.
+        attempts: u32,
+    },
+    /// A reconnect attempt failed.
+    AttemptFailed {
+        /// Why.
+        error: String,
+        /// Whether the reconnect task gave up.
+        fatal: bool,
+    },
+}
+
 /// What a readiness probe reports.
 #[derive(Debug)]
 pub enum ProbeReport {
@@ -170,7 +247,14 @@ pub struct NodeState {
     args: NodeArgs,
     tx: watch::Sender<NodeSnapshot>,
     probe: Option<tokio::task::JoinHandle<()>>,
-    session: Option<Arc<SshSession>>,
+    /// The session, for commands.
+    link: Arc<watch::Sender<Link>>,
+    /// Serial of the last session installed.
+    serial: u64,
+    /// Whether the session dropped since it was last (re)made in this boot.
+    lost: bool,
+    /// The reconnect task, while one runs.
+    reconnect: Option<tokio::task::JoinHandle<()>>,
     ready_timeout: Duration,
     /// Timestamp (µs) of the last kernel-log line returned by a collect in this boot; a new
     /// boot starts the log (and the cursor) afresh.
@@ -182,6 +266,18 @@ pub struct NodeState {
 impl NodeState {
     fn snap(&self) -> NodeSnapshot {
         self.tx.borrow().clone()
+    }
+
+    fn probing(&self) -> bool {
+        self.probe.as_ref().is_some_and(|p| !p.is_finished())
+    }
+
+    fn reconnecting(&self) -> bool {
+        self.reconnect.as_ref().is_some_and(|p| !p.is_finished())
+    }
+
+    fn session_up(&self) -> bool {
+        matches!(&*self.link.borrow(), Link::Up(s, _) if !s.is_closed())
     }
 }
 
@@ -197,6 +293,8 @@ pub async fn spawn(
         last_error: None,
         host_key: None,
         generation: 0,
+        ssh: SshState::None,
+        ssh_reconnects: 0,
     });
     let (actor, _join) =
         Actor::spawn_linked(None, NodeActor, (args, tx, ready_timeout), supervisor)
@@ -219,7 +317,13 @@ impl Actor for NodeActor {
             args,
             tx,
             probe: None,
-            session: None,
+            link: Arc::new(watch::Sender::new(Link::Down {
+                error: None,
+                fatal: false,
+            })),
+            serial: 0,
+            lost: false,
+            reconnect: None,
             ready_timeout,
             channels: Arc::new(tokio::sync::Semaphore::new(MAX_CHANNELS)),
             dmesg_cursor: None,
@@ -236,6 +340,9 @@ impl Actor for NodeActor {
     ) -> Result<(), ActorProcessingErr> {
         if let Some(p) = st.probe.take() {
             p.abort();
+        }
+        if let Some(r) = st.reconnect.take() {
+            r.abort();
         }
         Ok(())
     }
@@ -259,6 +366,8 @@ impl Actor for NodeActor {
                 reply,
             } => self.on_reboot(&me, st, hard, ready_timeout, reply).await,
             NodeMsg::Exec { request, reply } => self.on_exec(&me, st, request, reply),
+            NodeMsg::Session { wait, reply } => self.on_session(&me, st, wait, reply),
+            NodeMsg::Link { generation, event } => self.on_link(&me, st, generation, event).await,
             NodeMsg::Dmesg {
                 marker,
                 filter,
@@ -287,7 +396,9 @@ impl Actor for NodeActor {
                     self.on_refresh(&me, st).await;
                 }
             }
-            NodeMsg::Probe { generation, report } => self.on_probe(st, generation, report).await,
+            NodeMsg::Probe { generation, report } => {
+                self.on_probe(&me, st, generation, report).await
+            }
             NodeMsg::Reset {
                 ready_timeout,
                 reply,
@@ -355,28 +466,40 @@ impl NodeActor {
     }
 
     fn end_boot(&self, st: &mut NodeState) {
-        if let Some(p) = st.probe.take() {
-            p.abort();
-        }
-        st.session = None;
+        self.drop_session(st);
         st.dmesg_cursor = None;
         st.tx.send_modify(|snap| {
             snap.phase = Readiness::Down;
             snap.generation += 1;
+            snap.ssh = SshState::None;
+        });
+    }
+
+    /// Forgets the session and stops whoever was making one.
+    fn drop_session(&self, st: &mut NodeState) {
+        if let Some(p) = st.probe.take() {
+            p.abort();
+        }
+        if let Some(r) = st.reconnect.take() {
+            r.abort();
+        }
+        st.lost = false;
+        st.link.send_replace(Link::Down {
+            error: None,
+            fatal: false,
         });
     }
 
     /// Starts a new boot generation and its readiness probe.
     fn begin_boot(&self, me: &ActorRef<NodeMsg>, st: &mut NodeState, budget: Duration) {
-        if let Some(p) = st.probe.take() {
-            p.abort();
-        }
-        st.session = None;
+        self.drop_session(st);
         st.dmesg_cursor = None;
         st.tx.send_modify(|snap| {
             snap.generation += 1;
             snap.phase = Readiness::DomainRunning;
             snap.last_error = None;
+            snap.ssh = SshState::Connecting;
+            snap.ssh_reconnects = 0;
         });
         let generation = st.snap().generation;
         let me = me.clone();
@@ -547,57 +670,211 @@ impl NodeActor {
     fn on_exec(
         &self,
         me: &ActorRef<NodeMsg>,
-        st: &NodeState,
+        st: &mut NodeState,
         request: ExecRequest,
         reply: RpcReplyPort<Result<ExecResult>>,
     ) {
         let node = st.args.node.clone();
-        let session = st.session.clone().filter(|s| !s.is_closed());
-        let target = st.args.ssh.clone();
-        let snap = st.snap();
-        let channels = st.channels.clone();
+        let Some(session) = self.session_for(me, st, &node, request.timeout) else {
+            let _ = reply.send(Err(not_running(&node, st.snap().domain_state)));
+            return;
+        };
+        let generation = st.snap().generation;
         let me = me.clone();
         tokio::spawn(async move {
-            if snap.domain_state != DomainState::Running {
-                let _ = reply.send(Err(EngineError::Ssh {
-                    node,
-                    message: format!("the node is not running (domain {:?})", snap.domain_state),
-                }));
-                return;
+            let deadline = tokio::time::Instant::now() + request.timeout;
+            let res = async {
+                let mut waiter = session;
+                loop {
+                    let lease = waiter.lease(deadline).await?;
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    match crate::exec::run(&lease.session, &request, left).await {
+                        // The connection died before the command started: run it on the next.
+                        Err(SshError::NotStarted) if lease.session.is_closed() => {
+                            waiter.report_lost(&me, generation, &lease);
+                        }
+                        Err(e) => {
+                            return Err(EngineError::Ssh {
+                                node: node.clone(),
+                                message: e.to_string(),
+                            });
+                        }
+                        Ok(ran) => return Ok(crate::exec::finish(&node, &request, ran).await),
+                    }
+                }
             }
-            // More commands than the server allows channels on one connection wait here.
-            let Ok(_permit) = channels.acquire_owned().await else {
-                return;
-            };
-            let session = match session {
-                Some(s) => s,
-                None => match SshSession::connect(&target).await {
-                    Ok(s) => {
-                        let s = Arc::new(s);
-                        // Hand the new connection to the actor so later commands reuse it.
-                        let _ = me.cast(NodeMsg::Probe {
-                            generation: snap.generation,
-                            report: ProbeReport::Session(s.clone()),
-                        });
-                        s
-                    }
-                    Err(e) => {
-                        let _ = reply.send(Err(EngineError::Ssh {
-                            node,
-                            message: e.to_string(),
-                        }));
-                        return;
-                    }
-                },
-            };
-            let _ = reply.send(crate::exec::run(&session, &node, &request).await);
+            .await;
+            let _ = reply.send(res);
         });
+    }
+
+    fn on_session(
+        &self,
+        me: &ActorRef<NodeMsg>,
+        st: &mut NodeState,
+        wait: Duration,
+        reply: RpcReplyPort<Result<Lease>>,
+    ) {
+        let node = st.args.node.clone();
+        let Some(mut waiter) = self.session_for(me, st, &node, wait) else {
+            let _ = reply.send(Err(not_running(&node, st.snap().domain_state)));
+            return;
+        };
+        tokio::spawn(async move {
+            let _ = reply.send(waiter.lease(tokio::time::Instant::now() + wait).await);
+        });
+    }
+
+    /// A waiter for the node's session; starts a reconnect when nobody is making one. `None`
+    /// when the domain is not running.
+    fn session_for(
+        &self,
+        me: &ActorRef<NodeMsg>,
+        st: &mut NodeState,
+        node: &str,
+        wait: Duration,
+    ) -> Option<SessionWaiter> {
+        if st.snap().domain_state != DomainState::Running {
+            return None;
+        }
+        if !st.session_up() && !st.probing() && !st.reconnecting() {
+            self.start_reconnect(me, st);
+        }
+        Some(SessionWaiter {
+            node: node.to_owned(),
+            link: st.link.subscribe(),
+            channels: st.channels.clone(),
+            wait,
+        })
+    }
+
+    /// Makes `s` the node's session: pins its host key on first contact, publishes it, and
+    /// watches for its end.
+    async fn install(&self, me: &ActorRef<NodeMsg>, st: &mut NodeState, s: Arc<SshSession>) {
+        let key = s.host_key();
+        if st.args.ssh.pinned.is_none()
+            && let Some(k) = &key
+        {
+            tracing::info!(node = %st.args.node, key = %k, "pinning host key");
+            if let Err(e) = self.pin(st, Some(k.clone())).await {
+                tracing::error!(node = %st.args.node, error = %e, "cannot pin the host key");
+            }
+        }
+        st.serial += 1;
+        let serial = st.serial;
+        let generation = st.snap().generation;
+        let mut gone = s.gone_signal();
+        st.link.send_replace(Link::Up(s, serial));
+        st.tx.send_modify(|snap| {
+            snap.host_key = key;
+            snap.ssh = SshState::Connected;
+        });
+        let me = me.clone();
+        tokio::spawn(async move {
+            // Also ends when the session is dropped (its sender goes away).
+            let _ = gone.wait_for(|g| *g).await;
+            let _ = me.cast(NodeMsg::Link {
+                generation,
+                event: LinkEvent::Lost { serial },
+            });
+        });
+    }
+
+    fn start_reconnect(&self, me: &ActorRef<NodeMsg>, st: &mut NodeState) {
+        if st.reconnecting() {
+            return;
+        }
+        st.tx.send_modify(|snap| snap.ssh = SshState::Connecting);
+        st.reconnect = Some(tokio::spawn(reconnect(
+            me.clone(),
+            st.snap().generation,
+            st.args.ssh.clone(),
+        )));
+    }
+
+    async fn on_link(
+        &self,
+        me: &ActorRef<NodeMsg>,
+        st: &mut NodeState,
+        generation: u64,
+        event: LinkEvent,
+    ) {
+        if generation != st.snap().generation {
+            return; // about an earlier boot
+        }
+        let node = st.args.node.clone();
+        match event {
+            LinkEvent::Lost { serial } => {
+                if serial != st.serial || !matches!(&*st.link.borrow(), Link::Up(..)) {
+                    return; // an older session, or already handled
+                }
+                tracing::warn!(%node, "SSH session lost");
+                st.lost = true;
+                st.link.send_replace(Link::Down {
+                    error: Some("the SSH connection was lost".into()),
+                    fatal: false,
+                });
+                self.event(st, "ssh_lost", None).await;
+                if st.snap().domain_state != DomainState::Running {
+                    st.tx.send_modify(|snap| snap.ssh = SshState::None);
+                } else if st.probing() {
+                    // The boot's probe makes the next one.
+                    st.tx.send_modify(|snap| snap.ssh = SshState::Connecting);
+                } else {
+                    self.start_reconnect(me, st);
+                }
+            }
+            LinkEvent::Restored { session, attempts } => {
+                st.reconnect = None;
+                if st.snap().domain_state != DomainState::Running {
+                    return;
+                }
+                let was_lost = std::mem::replace(&mut st.lost, false);
+                self.install(me, st, session).await;
+                if was_lost {
+                    st.tx.send_modify(|snap| snap.ssh_reconnects += 1);
+                    tracing::info!(%node, attempts, "SSH session re-established");
+                    self.event(
+                        st,
+                        "ssh_restored",
+                        Some(format!("after {attempts} attempt(s)")),
+                    )
+                    .await;
+                }
+            }
+            LinkEvent::AttemptFailed { error, fatal } => {
+                if fatal {
+                    st.reconnect = None;
+                    tracing::warn!(%node, %error, "giving up reconnecting");
+                    st.tx.send_modify(|snap| snap.ssh = SshState::None);
+                }
+                if !st.session_up() {
+                    st.link.send_replace(Link::Down {
+                        error: Some(error),
+                        fatal,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Journals a node event (best effort: the audit trail, not an intent).
+    async fn event(&self, st: &NodeState, kind: &str, detail: Option<String>) {
+        let body = vmcluster_journal::BodyV1::NodeEvent {
+            cluster: st.args.cluster.clone(),
+            node: st.args.node.clone(),
+            kind: kind.to_owned(),
+            detail,
+        };
+        if let Err(e) = st.args.journal.append(body).await {
+            tracing::warn!(node = %st.args.node, error = %e, "cannot journal a node event");
+        }
     }
 
     fn on_dmesg(
         &self,
         me: &ActorRef<NodeMsg>,
-        st: &NodeState,
+        st: &mut NodeState,
         marker: Option<String>,
         filter: FilterLevel,
         max_lines: usize,
@@ -675,13 +952,22 @@ impl NodeActor {
             })
             .await?;
         if key.is_none() {
-            st.session = None;
+            st.link.send_replace(Link::Down {
+                error: None,
+                fatal: false,
+            });
         }
         st.args.ssh.pinned = key;
         Ok(())
     }
 
-    async fn on_probe(&self, st: &mut NodeState, generation: u64, report: ProbeReport) {
+    async fn on_probe(
+        &self,
+        me: &ActorRef<NodeMsg>,
+        st: &mut NodeState,
+        generation: u64,
+        report: ProbeReport,
+    ) {
         if generation != st.snap().generation {
             return; // from an earlier boot
         }
@@ -702,22 +988,22 @@ impl NodeActor {
                 }
             }
             ProbeReport::Session(s) => {
-                let key = s.host_key();
-                if st.args.ssh.pinned.is_none()
-                    && let Some(k) = &key
-                {
-                    tracing::info!(node = %st.args.node, key = %k, "pinning host key");
-                    if let Err(e) = self.pin(st, Some(k.clone())).await {
-                        tracing::error!(node = %st.args.node, error = %e, "cannot pin the host key");
-                    }
-                }
-                st.session = Some(s);
-                st.tx.send_modify(|snap| snap.host_key = key);
+                st.lost = false;
+                self.install(me, st, s).await;
             }
             ProbeReport::Failed(why) => {
                 st.probe = None;
                 tracing::warn!(node = %st.args.node, error = %why, "readiness probe gave up");
                 self.note(st, "not ready".into(), Some(why.clone())).await;
+                let fatal = why.starts_with("host key changed")
+                    || why.contains("does not exist on this host");
+                if !st.session_up() {
+                    st.link.send_replace(Link::Down {
+                        error: Some(why.clone()),
+                        fatal,
+                    });
+                    st.tx.send_modify(|s| s.ssh = SshState::None);
+                }
                 st.tx.send_modify(|s| s.last_error = Some(why));
             }
         }
@@ -726,6 +1012,143 @@ impl NodeActor {
 
 /// Concurrent channels per node connection; further commands queue.
 const MAX_CHANNELS: usize = 8;
+
+/// First pause between reconnect attempts.
+pub const RECONNECT_FIRST: Duration = Duration::from_millis(200);
+/// Longest pause between reconnect attempts.
+pub const RECONNECT_MAX: Duration = Duration::from_secs(5);
+
+fn not_running(node: &str, state: DomainState) -> EngineError {
+    EngineError::Ssh {
+        node: node.to_owned(),
+        message: format!("the node is not running (domain {state:?})"),
+    }
+}
+
+/// Waits for the node's session on behalf of one command.
+#[derive(Debug)]
+struct SessionWaiter {
+    node: String,
+    link: watch::Receiver<Link>,
+    channels: Arc<tokio::sync::Semaphore>,
+    /// The budget the caller gave (for messages).
+    wait: Duration,
+}
+
+impl SessionWaiter {
+    /// A live session and a channel slot, by `deadline`.
+    async fn lease(&mut self, deadline: tokio::time::Instant) -> Result<Lease> {
+        let fail = |message: String| EngineError::Ssh {
+            node: self.node.clone(),
+            message,
+        };
+        // More commands than the server allows channels on one connection wait here.
+        let permit =
+            match tokio::time::timeout_at(deadline, self.channels.clone().acquire_owned()).await {
+                Ok(Ok(p)) => p,
+                Ok(Err(_)) => return Err(fail("the node actor stopped".into())),
+                Err(_) => {
+                    return Err(fail(format!(
+                        "no free channel on the node's connection within {:?}",
+                        self.wait
+                    )));
+                }
+            };
+        loop {
+            let last_error = match &*self.link.borrow_and_update() {
+                Link::Up(s, _) if !s.is_closed() => {
+                    return Ok(Lease {
+                        session: s.clone(),
+                        _permit: permit,
+                    });
+                }
+                Link::Up(..) => Some("the SSH connection was lost".to_owned()),
+                Link::Down { error, fatal: true } => {
+                    return Err(fail(error.clone().unwrap_or_default()));
+                }
+                Link::Down { error, .. } => error.clone(),
+            };
+            match tokio::time::timeout_at(deadline, self.link.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(fail("the node actor stopped".into())),
+                Err(_) => {
+                    return Err(fail(format!(
+                        "no SSH session within {:?} (reconnecting{})",
+                        self.wait,
+                        last_error
+                            .map(|e| format!("; last error: {e}"))
+                            .unwrap_or_default()
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Tells the actor that the leased session is dead (it may not have noticed yet).
+    fn report_lost(&self, me: &ActorRef<NodeMsg>, generation: u64, lease: &Lease) {
+        if let Link::Up(s, serial) = &*self.link.borrow()
+            && Arc::ptr_eq(s, &lease.session)
+        {
+            let _ = me.cast(NodeMsg::Link {
+                generation,
+                event: LinkEvent::Lost { serial: *serial },
+            });
+        }
+    }
+}
+
+/// Connects, authenticates and runs a first command (which also finds out the login shell).
+async fn open_session(target: &SshTarget, budget: Duration) -> Result<Arc<SshSession>, SshError> {
+    let s = SshSession::connect(target).await?;
+    s.detect_shell(budget.min(Duration::from_secs(15))).await?;
+    Ok(Arc::new(s))
+}
+
+/// Whether no reconnect attempt can succeed until something changes on the host or the node.
+fn fatal(e: &SshError) -> bool {
+    matches!(e, SshError::HostKeyChanged { .. } | SshError::NoBridge(_))
+}
+
+/// The pause before reconnect attempt `n + 1`: `RECONNECT_FIRST` doubling to `RECONNECT_MAX`,
+/// each drawn uniformly from its upper half (so nodes that dropped together spread out).
+pub fn backoff(n: u32, random: u64) -> Duration {
+    let full = RECONNECT_FIRST
+        .saturating_mul(1 << n.min(16))
+        .min(RECONNECT_MAX);
+    let half = full / 2;
+    half + Duration::from_nanos(random % (half.as_nanos() as u64 + 1))
+}
+
+/// Re-establishes the session of boot `generation` with backoff, until it succeeds or cannot.
+async fn reconnect(me: ActorRef<NodeMsg>, generation: u64, target: SshTarget) {
+    let mut attempt: u32 = 0;
+    loop {
+        attempt += 1;
+        let event = match open_session(&target, Duration::from_secs(15)).await {
+            Ok(session) => {
+                let _ = me.cast(NodeMsg::Link {
+                    generation,
+                    event: LinkEvent::Restored {
+                        session,
+                        attempts: attempt,
+                    },
+                });
+                return;
+            }
+            Err(e) => LinkEvent::AttemptFailed {
+                error: e.to_string(),
+                fatal: fatal(&e),
+            },
+        };
+        let stop = matches!(event, LinkEvent::AttemptFailed { fatal: true, .. });
+        tracing::debug!(attempt, ?event, "reconnect attempt failed");
+        if me.cast(NodeMsg::Link { generation, event }).is_err() || stop {
+            return;
+        }
+        let random = uuid::Uuid::new_v4().as_u64_pair().0;
+        tokio::time::sleep(backoff(attempt - 1, random)).await;
+    }
+}
 
 /// Shell snippet that prints `done` once cloud-init finished (or when the guest has none).
 const CLOUD_INIT_CHECK: &str = "if [ -e /var/lib/cloud/instance/boot-finished ]; then echo done; \
@@ -744,7 +1167,7 @@ async fn readiness_probe(
             report: r,
         });
     };
-    let mut last_err: String;
+    let mut last_err = String::new();
     // Port.
     let left = || deadline.saturating_duration_since(Instant::now());
     loop {
@@ -765,13 +1188,9 @@ async fn readiness_probe(
     }
     report(ProbeReport::Phase(Readiness::PortOpen));
     // Authenticate and run a command.
-    let session = loop {
-        match tokio::time::timeout(left(), SshSession::connect(&target)).await {
-            Ok(Ok(s)) => match s.exec("true", left().min(Duration::from_secs(15))).await {
-                Ok(o) if o.exit_code == Some(0) => break Arc::new(s),
-                Ok(o) => last_err = format!("`true` exited with {:?}", o.exit_code),
-                Err(e) => last_err = e.to_string(),
-            },
+    let mut session = loop {
+        match tokio::time::timeout(left(), open_session(&target, left())).await {
+            Ok(Ok(s)) => break s,
             Ok(Err(e @ SshError::HostKeyChanged { .. })) => {
                 return report(ProbeReport::Failed(e.to_string()));
             }
@@ -789,13 +1208,26 @@ async fn readiness_probe(
     report(ProbeReport::Session(session.clone()));
     // cloud-init.
     loop {
-        match session
-            .exec(CLOUD_INIT_CHECK, left().min(Duration::from_secs(15)))
-            .await
-        {
-            Ok(o) if String::from_utf8_lossy(&o.stdout).trim() == "done" => break,
-            Ok(_) => last_err = "cloud-init has not finished".into(),
-            Err(e) => last_err = e.to_string(),
+        if session.is_closed() {
+            // Lost while waiting: make the next one here (the actor leaves it to us).
+            match tokio::time::timeout(left(), open_session(&target, left())).await {
+                Ok(Ok(s)) => {
+                    session = s;
+                    report(ProbeReport::Session(session.clone()));
+                }
+                Ok(Err(e)) => last_err = e.to_string(),
+                Err(_) => last_err = "SSH handshake timed out".into(),
+            }
+        }
+        if !session.is_closed() {
+            match session
+                .exec(CLOUD_INIT_CHECK, left().min(Duration::from_secs(15)))
+                .await
+            {
+                Ok(o) if String::from_utf8_lossy(&o.stdout).trim() == "done" => break,
+                Ok(_) => last_err = "cloud-init has not finished".into(),
+                Err(e) => last_err = e.to_string(),
+            }
         }
         if Instant::now() >= deadline {
             return report(ProbeReport::Failed(last_err));

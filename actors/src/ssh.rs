@@ -2,18 +2,23 @@
 //!
 //! A session is one TCP connection that carries many channels, so a NodeActor keeps one and
 //! reuses it. `nodelay` is on (russh's default costs ~40 ms per round trip on auth alone).
+//! A session knows when it is gone ([`SshSession::closed`]): the server hung up, the connection
+//! failed, or it stopped answering; its owner then makes a new one. SFTP runs on a channel of
+//! the same session ([`SshSession::sftp`]).
 //!
 //! **Network rule:** before any packet leaves for a guest, [`guard_route`] checks that the
 //! cluster's bridge exists on this host. A guest address with no bridge behind it would route
 //! out of the machine; we refuse instead.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use russh::ChannelMsg;
 use russh::client;
 use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKey};
+use tokio::sync::watch;
 
 /// Why an SSH operation failed (the node name is added by the caller).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -87,16 +92,43 @@ pub struct ExecOutput {
     pub exit_code: Option<u32>,
     /// Signal name, when it was killed by one.
     pub signal: Option<String>,
-    /// Standard output.
+    /// Standard output (at most the `keep` bytes given to [`SshSession::run`]).
     pub stdout: Vec<u8>,
-    /// Standard error.
+    /// Standard error (at most `keep` bytes).
     pub stderr: Vec<u8>,
+    /// Full size of standard output, kept or not.
+    pub stdout_total: u64,
+    /// Full size of standard error, kept or not.
+    pub stderr_total: u64,
+}
+
+impl ExecOutput {
+    /// Output with everything kept (for tests and small commands).
+    pub fn new(exit_code: Option<u32>, stdout: &[u8], stderr: &[u8]) -> ExecOutput {
+        ExecOutput {
+            exit_code,
+            signal: None,
+            stdout: stdout.to_vec(),
+            stderr: stderr.to_vec(),
+            stdout_total: stdout.len() as u64,
+            stderr_total: stderr.len() as u64,
+        }
+    }
+}
+
+/// Appends `data` to `buf` while it holds less than `keep` bytes; counts everything.
+fn keep_some(buf: &mut Vec<u8>, total: &mut u64, data: &[u8], keep: usize) {
+    *total += data.len() as u64;
+    let room = keep.saturating_sub(buf.len());
+    buf.extend_from_slice(&data[..data.len().min(room)]);
 }
 
 #[derive(Debug)]
 struct Client {
     seen_key: Arc<Mutex<Option<PublicKey>>>,
     pinned: Option<String>,
+    /// Set to true when the connection ends.
+    gone: Arc<watch::Sender<bool>>,
 }
 
 /// A host key as `algorithm base64`, without its comment: the form we pin and compare.
@@ -124,15 +156,27 @@ impl client::Handler for Client {
             None => true,
         })
     }
+
+    async fn disconnected(
+        &mut self,
+        reason: client::DisconnectReason<Self::Error>,
+    ) -> Result<(), Self::Error> {
+        tracing::debug!(?reason, "SSH connection ended");
+        self.gone.send_replace(true);
+        Ok(())
+    }
 }
 
 /// One authenticated SSH connection to a node.
 pub struct SshSession {
     handle: client::Handle<Client>,
     host_key: Option<PublicKey>,
-    /// Set when the server stopped answering (a channel could not even be opened in time): the
-    /// TCP connection may look alive for a while, but the owner must reconnect.
-    stalled: std::sync::atomic::AtomicBool,
+    /// True once the connection ended, or once the server stopped answering (a channel could
+    /// not even be opened in time: the TCP connection may look alive for a while, but the owner
+    /// must reconnect).
+    gone: Arc<watch::Sender<bool>>,
+    /// Whether the login shell is `/bin/sh` itself (see [`SshSession::detect_shell`]).
+    login_shell_is_sh: AtomicBool,
 }
 
 impl std::fmt::Debug for SshSession {
@@ -172,6 +216,7 @@ impl SshSession {
             ..Default::default()
         });
         let seen_key = Arc::new(Mutex::new(None));
+        let gone = Arc::new(watch::Sender::new(false));
         let addr = target.addr;
         let connect = client::connect(
             config,
@@ -179,6 +224,7 @@ impl SshSession {
             Client {
                 seen_key: seen_key.clone(),
                 pinned: target.pinned.clone(),
+                gone: gone.clone(),
             },
         );
         let mut handle = match tokio::time::timeout(target.connect_timeout, connect).await {
@@ -226,13 +272,115 @@ impl SshSession {
         Ok(SshSession {
             handle,
             host_key,
-            stalled: std::sync::atomic::AtomicBool::new(false),
+            gone,
+            login_shell_is_sh: AtomicBool::new(false),
         })
     }
 
     /// Whether the connection is gone.
     pub fn is_closed(&self) -> bool {
-        self.handle.is_closed() || self.stalled.load(std::sync::atomic::Ordering::Relaxed)
+        self.handle.is_closed() || *self.gone.borrow()
+    }
+
+    /// Returns once the connection is gone (the server hung up, the connection failed, or the
+    /// server stopped answering).
+    pub async fn closed(&self) {
+        let mut rx = self.gone.subscribe();
+        loop {
+            if self.is_closed() {
+                return;
+            }
+            // The handler reports a dropped connection; the tick covers a session task that
+            // ended without reaching it.
+            tokio::select! {
+                _ = rx.changed() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    /// A receiver that turns true when the connection is gone (and errs once the session and
+    /// its connection task are both dropped).
+    pub fn gone_signal(&self) -> watch::Receiver<bool> {
+        self.gone.subscribe()
+    }
+
+    /// Finds out whether the login shell is `/bin/sh` itself, so commands can run in it
+    /// directly instead of in a second `/bin/sh` (one process start less per command, which a
+    /// TCG guest feels). Also proves that a command runs. Call once, right after connecting.
+    pub async fn detect_shell(&self, timeout: Duration) -> Result<bool, SshError> {
+        // `-ef` compares inodes after following links: /proc/$$/exe is the running shell.
+        let out = self
+            .exec("[ /proc/$$/exe -ef /bin/sh ] && echo vmc-sh; true", timeout)
+            .await?;
+        if out.exit_code != Some(0) {
+            return Err(SshError::Protocol(format!(
+                "a test command exited with {:?}: {}",
+                out.exit_code,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        let is_sh = String::from_utf8_lossy(&out.stdout).trim() == "vmc-sh";
+        self.login_shell_is_sh.store(is_sh, Ordering::Relaxed);
+        Ok(is_sh)
+    }
+
+    /// Whether [`SshSession::detect_shell`] found the login shell to be `/bin/sh`.
+    pub fn login_shell_is_sh(&self) -> bool {
+        self.login_shell_is_sh.load(Ordering::Relaxed)
+    }
+
+    /// Opens an SFTP session on a new channel (the node's `sftp` subsystem); returns it with the
+    /// server's version packet (its extensions).
+    pub async fn sftp(
+        &self,
+        timeout: Duration,
+    ) -> Result<
+        (
+            russh_sftp::client::RawSftpSession,
+            russh_sftp::protocol::Version,
+        ),
+        SshError,
+    > {
+        let setup = async {
+            let mut ch = self
+                .handle
+                .channel_open_session()
+                .await
+                .map_err(|e| SshError::Protocol(format!("open channel: {e}")))?;
+            ch.request_subsystem(true, "sftp")
+                .await
+                .map_err(|e| SshError::Protocol(format!("sftp subsystem: {e}")))?;
+            loop {
+                match ch.wait().await {
+                    Some(ChannelMsg::Success) => break,
+                    Some(ChannelMsg::Failure) | None => {
+                        return Err(SshError::Protocol(
+                            "the node refused the sftp subsystem (no SFTP server installed?)"
+                                .into(),
+                        ));
+                    }
+                    Some(_) => {}
+                }
+            }
+            let config = russh_sftp::client::Config {
+                request_timeout_secs: timeout.as_secs().max(1),
+                ..Default::default()
+            };
+            let sftp =
+                russh_sftp::client::RawSftpSession::new_with_config(ch.into_stream(), config);
+            let version = sftp
+                .init()
+                .await
+                .map_err(|e| SshError::Protocol(format!("sftp init: {e}")))?;
+            Ok((sftp, version))
+        };
+        match tokio::time::timeout(timeout, setup).await {
+            Ok(r) => r,
+            Err(_) => Err(SshError::Protocol(format!(
+                "the node's SFTP server did not answer within {timeout:?}"
+            ))),
+        }
     }
 
     /// The server's host key (`algorithm base64`).
@@ -241,24 +389,28 @@ impl SshSession {
     }
 
     /// Runs `command`, feeding it `stdin` (then EOF), and collects its output until it exits or
-    /// `timeout` passes. On timeout the output gathered so far comes back with `timed_out`
-    /// set; the caller decides how to stop the remote command.
+    /// `timeout` passes, keeping at most `keep` bytes of each stream (the rest is counted). On
+    /// timeout the output gathered so far comes back with `timed_out` set; the caller decides
+    /// how to stop the remote command. [`SshError::NotStarted`] means the command cannot have
+    /// run (the channel never opened, or the server refused it).
     pub async fn run(
         &self,
         command: &str,
         stdin: Option<&[u8]>,
         timeout: Duration,
+        keep: usize,
     ) -> Result<(ExecOutput, bool), SshError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let setup = async {
-            let ch = self
-                .handle
-                .channel_open_session()
-                .await
-                .map_err(|e| SshError::Protocol(format!("open channel: {e}")))?;
-            ch.exec(true, command)
-                .await
-                .map_err(|e| SshError::Protocol(format!("exec: {e}")))?;
+            // Until the exec request is out, the command cannot have started.
+            let ch = self.handle.channel_open_session().await.map_err(|e| {
+                tracing::debug!(error = %e, "cannot open a channel");
+                SshError::NotStarted
+            })?;
+            ch.exec(true, command).await.map_err(|e| {
+                tracing::debug!(error = %e, "cannot send the exec request");
+                SshError::NotStarted
+            })?;
             if let Some(input) = stdin {
                 ch.data(input)
                     .await
@@ -272,8 +424,7 @@ impl SshSession {
         let mut ch = match tokio::time::timeout_at(deadline, setup).await {
             Ok(r) => r?,
             Err(_) => {
-                self.stalled
-                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                self.gone.send_replace(true);
                 return Err(SshError::Protocol(format!(
                     "the node's SSH server did not answer within {timeout:?}; the connection is dropped"
                 )));
@@ -287,17 +438,24 @@ impl SshSession {
             match tokio::time::timeout_at(deadline, ch.wait()).await {
                 Err(_) => return Ok((out, true)),
                 Ok(None) if !started => return Err(SshError::NotStarted),
+                // A server always reports how the command ended; a channel that closes without
+                // saying means the connection went away under it.
+                Ok(None) if out.exit_code.is_none() && out.signal.is_none() => {
+                    return Err(SshError::Protocol(
+                        "the connection was lost while the command ran".into(),
+                    ));
+                }
                 Ok(None) => return Ok((out, false)),
                 Ok(Some(msg)) => match msg {
                     ChannelMsg::Success => started = true,
                     ChannelMsg::Failure if !started => return Err(SshError::NotStarted),
                     ChannelMsg::Data { data } => {
                         started = true;
-                        out.stdout.extend_from_slice(&data)
+                        keep_some(&mut out.stdout, &mut out.stdout_total, &data, keep)
                     }
                     ChannelMsg::ExtendedData { data, ext: 1 } => {
                         started = true;
-                        out.stderr.extend_from_slice(&data)
+                        keep_some(&mut out.stderr, &mut out.stderr_total, &data, keep)
                     }
                     ChannelMsg::ExitStatus { exit_status } => {
                         started = true;
@@ -315,7 +473,7 @@ impl SshSession {
 
     /// Runs `command` and collects its output; fails with [`SshError::Timeout`] after `timeout`.
     pub async fn exec(&self, command: &str, timeout: Duration) -> Result<ExecOutput, SshError> {
-        match self.run(command, None, timeout).await? {
+        match self.run(command, None, timeout, 1 << 20).await? {
             (_, true) => Err(SshError::Timeout(timeout)),
             (out, false) => Ok(out),
         }

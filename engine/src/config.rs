@@ -60,6 +60,7 @@ struct ConfigFile {
     domain_type: Option<DomainType>,
     ready_timeout_s: Option<u64>,
     cache_dir: Option<PathBuf>,
+    transfer_max_bytes: Option<u64>,
 }
 
 /// The effective configuration of one server or CLI process.
@@ -91,6 +92,8 @@ pub struct Config {
     pub ready_timeout_s: u64,
     /// Host-wide cache (the accelerator probe's verdict), shared by every state dir.
     pub cache_dir: PathBuf,
+    /// Largest file `node_upload` / `node_download` move (bytes).
+    pub transfer_max_bytes: u64,
 }
 
 impl Config {
@@ -126,6 +129,7 @@ impl Config {
             domain_type: DomainType::Auto,
             ready_timeout_s: 120,
             cache_dir: cache,
+            transfer_max_bytes: 1 << 30,
         }
     }
 
@@ -190,7 +194,8 @@ impl Config {
             log_level,
             domain_type,
             ready_timeout_s,
-            cache_dir
+            cache_dir,
+            transfer_max_bytes
         );
     }
 
@@ -225,14 +230,24 @@ impl Config {
                 message,
             })?;
         }
-        if let Some(v) = env("VMCLUSTER_READY_TIMEOUT_S").filter(|v| !v.is_empty()) {
-            self.ready_timeout_s =
-                v.parse()
-                    .map_err(|e: std::num::ParseIntError| ConfigError::Env {
-                        var: "VMCLUSTER_READY_TIMEOUT_S".into(),
-                        value: v.clone(),
-                        message: e.to_string(),
-                    })?;
+        let number = |var: &str| -> Result<Option<u64>, ConfigError> {
+            env(var)
+                .filter(|v| !v.is_empty())
+                .map(|v| {
+                    v.parse()
+                        .map_err(|e: std::num::ParseIntError| ConfigError::Env {
+                            var: var.into(),
+                            value: v.clone(),
+                            message: e.to_string(),
+                        })
+                })
+                .transpose()
+        };
+        if let Some(v) = number("VMCLUSTER_READY_TIMEOUT_S")? {
+            self.ready_timeout_s = v;
+        }
+        if let Some(v) = number("VMCLUSTER_TRANSFER_MAX_BYTES")? {
+            self.transfer_max_bytes = v;
         }
         Ok(())
     }
@@ -282,6 +297,17 @@ mod tests {
         assert_eq!(c.libvirt_uri, "test:///default");
         assert_eq!(c.artifact_registry, Path::new("/x/r.json"));
         assert_eq!(c.ready_timeout_s, 120);
+    }
+
+    #[test]
+    fn transfer_limit_defaults_to_1_gib_and_is_overridable() {
+        assert_eq!(load(&[]).unwrap().transfer_max_bytes, 1 << 30);
+        let c = load(&[("VMCLUSTER_TRANSFER_MAX_BYTES", "4096")]).unwrap();
+        assert_eq!(c.transfer_max_bytes, 4096);
+        assert!(matches!(
+            load(&[("VMCLUSTER_TRANSFER_MAX_BYTES", "lots")]),
+            Err(ConfigError::Env { .. })
+        ));
     }
 
     #[test]

@@ -67,6 +67,22 @@ pub enum Readiness {
     Ready,
 }
 
+/// The state of a node's pooled SSH session, as `cluster_status` reports it.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum SshSession {
+    /// No session, and none is being made (the domain is not running).
+    #[default]
+    None,
+    /// A session is being made (the boot's readiness probe, or a reconnect with backoff after
+    /// the previous session dropped).
+    Connecting,
+    /// An authenticated session is open.
+    Connected,
+}
+
 /// A move the readiness machine refuses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("Invalid readiness transition from {from:?} to {to:?}")]

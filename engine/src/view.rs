@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::state::{DomainState, Readiness};
+use crate::state::{DomainState, Readiness, SshSession};
 
 /// One node in a [`ClusterStatus`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -24,6 +24,11 @@ pub struct NodeStatus {
     pub phase: Readiness,
     /// Whether SSH authenticated and ran a command since the last boot.
     pub ssh_reachable: bool,
+    /// The pooled SSH session right now: `none`, `connecting` (boot probe or reconnect) or
+    /// `connected`.
+    pub ssh_session: SshSession,
+    /// How many times the session was re-established after dropping, in this boot.
+    pub ssh_reconnects: u64,
     /// Accelerator the domain was defined with (`kvm` or `qemu`).
     pub domain_type: String,
     /// The last readiness error, if the node failed to come up.
@@ -129,6 +134,11 @@ pub struct ExecResult {
     pub stdout_bytes: u64,
     /// Full size of stderr.
     pub stderr_bytes: u64,
+    /// When stdout was truncated: an MCP resource holding it in full (up to 64 MiB), kept
+    /// until newer outputs evict it.
+    pub stdout_uri: Option<String>,
+    /// When stderr was truncated: an MCP resource holding it in full (up to 64 MiB).
+    pub stderr_uri: Option<String>,
 }
 
 /// The answer of `node_exec`.
@@ -297,4 +307,25 @@ pub struct OpList {
     pub ops: Vec<OpStatus>,
     /// Finished operations the server no longer remembers (retention).
     pub retired: u64,
+}
+
+/// The answer of `node_upload` and `node_download`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct FileTransferResult {
+    /// Cluster name.
+    pub cluster_name: String,
+    /// Node name.
+    pub node: String,
+    /// The file on this host.
+    pub local_path: String,
+    /// The file on the node.
+    pub remote_path: String,
+    /// Bytes transferred (the file's size).
+    pub size: u64,
+    /// SHA-256 of the content (hex), checked on both sides.
+    pub sha256: String,
+    /// Permission bits of the written file, in octal (`"0644"`).
+    pub mode: String,
+    /// Wall-clock time of the transfer, verification included.
+    pub duration_ms: u64,
 }

@@ -44,6 +44,7 @@ const KEYS: &[Key] = &[
     Key { name: "domain_type", var: "VMCLUSTER_DOMAIN_TYPE", file: "kvm", env: "qemu", get: |c| format!("{:?}", c.domain_type).to_lowercase() },
     Key { name: "ready_timeout_s", var: "VMCLUSTER_READY_TIMEOUT_S", file: "300", env: "45", get: |c| c.ready_timeout_s.to_string() },
     Key { name: "cache_dir", var: "VMCLUSTER_CACHE_DIR", file: "/f/cache", env: "/e/cache", get: |c| p(&c.cache_dir) },
+    Key { name: "transfer_max_bytes", var: "VMCLUSTER_TRANSFER_MAX_BYTES", file: "1048576", env: "4096", get: |c| c.transfer_max_bytes.to_string() },
 ];
 
 const HOME: &str = "/home/u";

@@ -9,6 +9,7 @@
 pub mod cli;
 pub mod control;
 pub mod envelope;
+pub mod exec_output;
 pub mod params;
 pub mod resources;
 pub mod server;

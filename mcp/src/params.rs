@@ -433,3 +433,39 @@ pub struct SnapshotRevertParams {
     #[serde(default = "ssh_timeout")]
     pub ssh_timeout_s: u64,
 }
+
+/// `node_upload`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NodeUploadParams {
+    /// Cluster name.
+    pub cluster_name: String,
+    /// Node name.
+    #[serde(alias = "node")]
+    pub node_name: String,
+    /// Absolute path of an existing regular file on the server's host.
+    pub local_path: String,
+    /// Absolute path of the file on the node; its directory must exist. An existing file is
+    /// replaced atomically; a directory is refused.
+    pub remote_path: String,
+    /// Permission bits on the node, in octal (`"0644"`, `"755"`). Default: the replaced file's,
+    /// else 0644.
+    #[serde(default)]
+    pub mode: Option<String>,
+}
+
+/// `node_download`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NodeDownloadParams {
+    /// Cluster name.
+    pub cluster_name: String,
+    /// Node name.
+    #[serde(alias = "node")]
+    pub node_name: String,
+    /// Absolute path of a regular file on the node.
+    pub remote_path: String,
+    /// Absolute path on the server's host; its directory must exist. An existing file is
+    /// replaced atomically; a directory is refused.
+    pub local_path: String,
+}

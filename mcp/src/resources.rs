@@ -1,5 +1,6 @@
 //! MCP resources: the event stream, whole (`vmcluster://events`) and per cluster
-//! (`vmcluster://clusters/{cluster_name}/events`), with update notifications.
+//! (`vmcluster://clusters/{cluster_name}/events`), with update notifications; and the full
+//! output of truncated commands (`vmcluster://exec/...`, see `exec_output`).
 //!
 //! Every resource request goes through [`route`], one `match` on the first path segment of a
 //! `vmcluster://` URI; a new kind of resource is a new [`Route`] variant and a new arm in each
@@ -82,7 +83,10 @@ fn updates(route: &Route, e: &Event) -> bool {
 }
 
 fn not_found(uri: &str) -> ErrorData {
-    ErrorData::resource_not_found(format!("no such resource: {uri}"), None)
+    crate::exec_output::error(vmcluster_actors::EngineError::NotFound {
+        kind: "resource",
+        name: uri.to_owned(),
+    })
 }
 
 /// `resources/list`: the whole stream and one stream per defined cluster.
@@ -114,23 +118,29 @@ pub async fn list(server: &VmclusterServer) -> Result<ListResourcesResult, Error
             .with_mime_type(JSON),
         );
     }
+    resources.extend(crate::exec_output::list(&server.engine).await);
     Ok(ListResourcesResult::with_all_items(resources))
 }
 
 /// `resources/templates/list`.
 pub fn templates() -> ListResourceTemplatesResult {
-    ListResourceTemplatesResult::with_all_items(vec![
+    let mut all = crate::exec_output::templates();
+    all.extend(vec![
         ResourceTemplate::new(CLUSTER_EVENTS_TEMPLATE, "cluster-events")
             .with_title("Events of one cluster")
             .with_description(format!(
                 "The newest {TAIL} journaled state changes of one cluster, as JSON; read on with events_read(cluster=...)."
             ))
             .with_mime_type(JSON),
-    ])
+    ]);
+    ListResourceTemplatesResult::with_all_items(all)
 }
 
 /// `resources/read`.
 pub async fn read(server: &VmclusterServer, uri: &str) -> Result<ReadResourceResult, ErrorData> {
+    if uri.starts_with(crate::exec_output::PREFIX) {
+        return crate::exec_output::read(&server.engine, uri).await;
+    }
     let filter = match route(uri) {
         Some(Route::Events) => EventFilter::all(),
         Some(Route::ClusterEvents(c)) => EventFilter::cluster(c),

@@ -8,12 +8,14 @@
 
 mod events;
 mod exec;
+mod files;
 mod inputs;
 mod killpoints;
 mod lifecycle;
 mod notready;
 mod partial;
 mod randomkill;
+mod reconnect;
 mod restart;
 mod snapshot;
 

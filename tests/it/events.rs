@@ -348,7 +348,10 @@ async fn event_resources_list_read_and_notify_subscribers() {
             .iter()
             .map(|t| t.uri_template.as_str())
             .collect::<Vec<_>>(),
-        ["vmcluster://clusters/{cluster_name}/events"]
+        [
+            "vmcluster://exec/{op_id}/{node}/{stream}",
+            "vmcluster://clusters/{cluster_name}/events"
+        ]
     );
     let empty = read_page(&c, "vmcluster://events").await;
     assert_eq!(empty["events"], json!([]));
@@ -520,7 +523,7 @@ async fn control_socket_is_owner_only_replaces_a_stale_one_and_goes_away() {
     // directory first).
     assert_eq!(
         crate::dir_names(&f.scratch.path().join("state")),
-        ["control.sock", "journal"]
+        ["control.sock", "exec-outputs", "journal"]
     );
 
     // It answers the line protocol, including with errors.

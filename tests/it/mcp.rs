@@ -14,7 +14,7 @@ use vmcluster_tests::McpClient;
 use crate::{Fixture, dir_names};
 
 /// The advertised contract of one tool: `(name, read_only, destructive, idempotent)`.
-const TOOLS: [(&str, bool, bool, bool); 25] = [
+const TOOLS: [(&str, bool, bool, bool); 27] = [
     ("cluster_define", false, false, true),
     ("cluster_start", false, false, true),
     ("cluster_stop", false, false, true),
@@ -40,6 +40,8 @@ const TOOLS: [(&str, bool, bool, bool); 25] = [
     ("snapshot_list", true, false, true),
     ("snapshot_revert", false, true, false),
     ("snapshot_delete", false, true, false),
+    ("node_upload", false, true, true),
+    ("node_download", false, true, true),
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -56,6 +58,10 @@ async fn server_identity_and_tool_contracts() {
     );
     assert_eq!(server.version, "0.1.0");
     assert!(info.capabilities.tools.is_some(), "advertises tools");
+    assert!(
+        info.capabilities.resources.is_some(),
+        "advertises resources"
+    );
     assert!(
         info.instructions
             .as_deref()
@@ -271,6 +277,8 @@ async fn bad_input_is_a_typed_error_and_changes_nothing() {
         f.scratch.write_topology(name, yaml);
     }
     let define = |t: &str| json!({"topology_name": t});
+    let base = f.base.to_str().unwrap();
+    let scratch = f.scratch.path().to_str().unwrap();
     #[rustfmt::skip]
     let cases = [
         Bad { tool: "cluster_define", args: define("nope"), code: "NOT_FOUND", violations: &[], says: "topology" },
@@ -317,6 +325,18 @@ async fn bad_input_is_a_typed_error_and_changes_nothing() {
         Bad { tool: "snapshot_delete", args: json!({"cluster_name": "x", "snapshot_name": "s1", "force": true}), code: "INVALID_ARGUMENT", violations: &[], says: "force" },
         Bad { tool: "snapshot_delete", args: json!({"cluster_name": "x"}), code: "INVALID_ARGUMENT", violations: &[], says: "snapshot_name" },
         Bad { tool: "snapshot_delete", args: json!({"cluster_name": "x", "snapshot_name": "a&b"}), code: "INVALID_ARGUMENT", violations: &[], says: "contains '&'" },
+        Bad { tool: "node_upload", args: json!({"cluster_name": "x", "node_name": "n1", "local_path": "/no/such/file", "remote_path": "/tmp/a"}), code: "INVALID_ARGUMENT", violations: &[], says: "local_path" },
+        Bad { tool: "node_upload", args: json!({"cluster_name": "x", "node_name": "n1", "local_path": base, "remote_path": "tmp/a"}), code: "INVALID_ARGUMENT", violations: &[], says: "absolute" },
+        Bad { tool: "node_upload", args: json!({"cluster_name": "x", "node_name": "n1", "local_path": "base.qcow2", "remote_path": "/tmp/a"}), code: "INVALID_ARGUMENT", violations: &[], says: "absolute" },
+        Bad { tool: "node_upload", args: json!({"cluster_name": "x", "node_name": "n1", "local_path": scratch, "remote_path": "/tmp/a"}), code: "INVALID_ARGUMENT", violations: &[], says: "regular file" },
+        Bad { tool: "node_upload", args: json!({"cluster_name": "x", "node_name": "n1", "local_path": base, "remote_path": "/tmp/"}), code: "INVALID_ARGUMENT", violations: &[], says: "remote_path" },
+        Bad { tool: "node_upload", args: json!({"cluster_name": "x", "node_name": "n1", "local_path": base, "remote_path": "/tmp/a", "mode": "rwx"}), code: "INVALID_ARGUMENT", violations: &[], says: "mode" },
+        Bad { tool: "node_upload", args: json!({"cluster_name": "x", "node_name": "n1", "local_path": base, "remote_path": "/tmp/a", "owner": "root"}), code: "INVALID_ARGUMENT", violations: &[], says: "owner" },
+        Bad { tool: "node_upload", args: json!({"cluster_name": "ghost", "node_name": "n1", "local_path": base, "remote_path": "/tmp/a"}), code: "NOT_FOUND", violations: &[], says: "ghost" },
+        Bad { tool: "node_download", args: json!({"cluster_name": "x", "node_name": "n1", "remote_path": "/tmp/../etc/shadow", "local_path": "/tmp/s"}), code: "INVALID_ARGUMENT", violations: &[], says: "normalised" },
+        Bad { tool: "node_download", args: json!({"cluster_name": "x", "node_name": "n1", "remote_path": "/etc/hostname", "local_path": scratch}), code: "INVALID_ARGUMENT", violations: &[], says: "directory" },
+        Bad { tool: "node_download", args: json!({"cluster_name": "x", "node_name": "n1", "remote_path": "/etc/hostname", "local_path": "/no/such/dir/h"}), code: "INVALID_ARGUMENT", violations: &[], says: "does not exist" },
+        Bad { tool: "node_download", args: json!({"cluster_name": "x", "node_name": "n1", "remote_path": "/etc/hostname"}), code: "INVALID_ARGUMENT", violations: &[], says: "local_path" },
     ];
     let c = McpClient::spawn(&f.env()).await;
     for b in &cases {
@@ -391,4 +411,45 @@ async fn concurrent_status_calls_all_answer() {
     }
     assert_eq!(answers, 20);
     Arc::try_unwrap(c).expect("sole owner").close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_outputs_are_discoverable_resources_and_unknown_ones_are_not_found() {
+    let f = Fixture::new("itres", &["n1"]);
+    let c = McpClient::spawn(&f.env()).await;
+    let templates = c.resource_templates().await;
+    let exec = templates
+        .iter()
+        .find(|t| t.uri_template == "vmcluster://exec/{op_id}/{node}/{stream}")
+        .unwrap_or_else(|| panic!("no exec output template in {templates:?}"));
+    assert!(
+        exec.description
+            .as_deref()
+            .is_some_and(|d| d.contains("truncated"))
+    );
+    assert_eq!(
+        exec_uris(c.resource_uris().await),
+        Vec::<String>::new(),
+        "nothing kept yet"
+    );
+    for uri in [
+        "vmcluster://exec/0190b3c4-6f1e-7a2b-9c3d-4e5f60718293/n1/stdout",
+        "vmcluster://exec/not-an-op/n1/stdout",
+        "vmcluster://exec/0190b3c4-6f1e-7a2b-9c3d-4e5f60718293/../stdout",
+        "file:///etc/passwd",
+    ] {
+        let (code, data) = c.read_resource(uri).await.unwrap_err();
+        assert_eq!(code, -32002, "{uri}: RESOURCE_NOT_FOUND");
+        let data = data.unwrap_or_else(|| panic!("{uri}: typed error data"));
+        assert_eq!(data["code"], "NOT_FOUND", "{uri}: {data}");
+        assert_eq!(data["recoverable"], false, "{uri}: {data}");
+    }
+    c.close().await;
+}
+
+/// The exec-output URIs among `uris` (the event stream's resources are listed too).
+fn exec_uris(uris: Vec<String>) -> Vec<String> {
+    uris.into_iter()
+        .filter(|u| u.starts_with("vmcluster://exec/"))
+        .collect()
 }

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rmcp::model::{
-    CallToolRequestParams, CallToolResult, ProgressNotificationParam, RequestMetaObject, Tool,
+    CallToolRequestParams, CallToolResult, ProgressNotificationParam, ReadResourceRequestParams,
+    RequestMetaObject, ResourceContents, ResourceTemplate, Tool,
 };
 use rmcp::service::NotificationContext;
 use rmcp::service::RunningService;
@@ -349,6 +350,69 @@ impl<H: ClientHandler> McpClient<H> {
             is_error: res.is_error.unwrap_or(false),
             envelope,
         })
+    }
+
+    /// Reads resource `uri`: its text (or base64-decoded blob) and MIME type, or the JSON-RPC
+    /// error as `(code, data)`.
+    pub async fn read_resource(
+        &self,
+        uri: &str,
+    ) -> Result<(Vec<u8>, Option<String>), (i32, Option<Value>)> {
+        match self
+            .service
+            .read_resource(ReadResourceRequestParams::new(uri))
+            .await
+        {
+            Ok(r) => {
+                let c = r.contents.into_iter().next().expect("one content");
+                Ok(match c {
+                    ResourceContents::TextResourceContents {
+                        uri: u,
+                        mime_type,
+                        text,
+                        ..
+                    } => {
+                        assert_eq!(u, uri);
+                        (text.into_bytes(), mime_type)
+                    }
+                    ResourceContents::BlobResourceContents {
+                        uri: u,
+                        mime_type,
+                        blob,
+                        ..
+                    } => {
+                        use base64::Engine as _;
+                        assert_eq!(u, uri);
+                        let bytes = base64::engine::general_purpose::STANDARD
+                            .decode(blob)
+                            .expect("base64 blob");
+                        (bytes, mime_type)
+                    }
+                    other => panic!("unexpected resource contents {other:?}"),
+                })
+            }
+            Err(rmcp::ServiceError::McpError(e)) => Err((e.code.0, e.data)),
+            Err(e) => panic!("resources/read transport: {e}"),
+        }
+    }
+
+    /// The advertised resource templates.
+    pub async fn resource_templates(&self) -> Vec<ResourceTemplate> {
+        self.service
+            .list_all_resource_templates()
+            .await
+            .expect("resources/templates/list")
+    }
+
+    /// The URIs of the listed resources.
+    pub async fn resource_uris(&self) -> Vec<String> {
+        self.service
+            .list_all_resources()
+            .await
+            .expect("resources/list")
+            .into_iter()
+            .map(|r| r.uri)
+            .collect()
     }
 
     /// Closes the session (the server exits).

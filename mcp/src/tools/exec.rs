@@ -43,6 +43,7 @@ fn request(
         stdin: stdin.map(String::into_bytes),
         env,
         output_cap,
+        spill: None,
     })
 }
 
@@ -50,7 +51,7 @@ fn request(
 impl VmclusterServer {
     /// Runs a command on one node.
     #[tool(
-        description = "Run a shell command on one node over its pooled SSH session. Returns exit_code, stdout, stderr (each capped at max_output_bytes, with truncated and the full sizes), duration_ms and timed_out. A non-zero exit is a successful call carrying that exit code; a command that outlives timeout_s is killed on the node (with its children) and returns timed_out=true. A node that cannot be reached is an SSH error, never an exit code.",
+        description = "Run a shell command on one node over its pooled SSH session. Returns exit_code, stdout, stderr (each capped at max_output_bytes, with truncated and the full sizes; a truncated stream is kept in full, up to 64 MiB, as the MCP resource named by stdout_uri / stderr_uri), duration_ms and timed_out. A non-zero exit is a successful call carrying that exit code; a command that outlives timeout_s is killed on the node (with its children) and returns timed_out=true. A node that cannot be reached is an SSH error, never an exit code.",
         input_schema = input_schema::<NodeExecParams>(),
         annotations(title = "Run on a node", read_only_hint = false, destructive_hint = true, idempotent_hint = false, open_world_hint = false)
     )]

@@ -3,6 +3,7 @@
 pub mod cluster;
 pub mod events;
 pub mod exec;
+pub mod files;
 pub mod node;
 pub mod observe;
 pub mod ops;

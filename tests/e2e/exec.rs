@@ -3,7 +3,6 @@
 //! environment, and per-node outcomes when a node is gone.
 
 use serde_json::json;
-use vmcluster_tests::McpClient;
 
 use crate::{cluster_scratch, preflight, virsh};
 
@@ -12,16 +11,7 @@ async fn exec_on_one_node_and_on_all() {
     let g = preflight();
     let name = "ex3";
     let s = cluster_scratch(&g, name, 107, &["n1", "n2", "n3"]);
-    let c = McpClient::spawn(&s.env("qemu:///system")).await;
-    c.call("cluster_define", json!({"topology_name": name}))
-        .await
-        .ok();
-    c.call(
-        "cluster_start",
-        json!({"cluster_name": name, "ssh_timeout_s": 180}),
-    )
-    .await
-    .ok();
+    let c = crate::up(&s, name).await;
     let exec = |node: &str, command: &str| json!({"cluster_name": name, "node_name": node, "command": command});
 
     // stdout, stderr and the exit code come back apart; a non-zero exit is a success.

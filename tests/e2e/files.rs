@@ -7,7 +7,6 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use vmcluster_tests::McpClient;
 
 use crate::{cluster_scratch, preflight};
 
@@ -45,16 +44,7 @@ async fn files_move_atomically_with_checksums_and_outputs_are_resources() {
     let mut env = s.env("qemu:///system");
     let limit: usize = 8 << 20;
     env.push(("VMCLUSTER_TRANSFER_MAX_BYTES".into(), limit.to_string()));
-    let c = McpClient::spawn(&env).await;
-    c.call("cluster_define", json!({"topology_name": name}))
-        .await
-        .ok();
-    c.call(
-        "cluster_start",
-        json!({"cluster_name": name, "ssh_timeout_s": 180}),
-    )
-    .await
-    .ok();
+    let c = crate::up_env(&env, name).await;
     let sh = |command: &str| {
         let c = &c;
         let command = command.to_owned();

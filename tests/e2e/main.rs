@@ -82,6 +82,26 @@ pub fn cluster_scratch(g: &Guest, name: &str, octet: u8, nodes: &[&str]) -> Scra
     s
 }
 
+/// A server on scratch `s` with cluster `name` defined and started (every node ready).
+pub async fn up(s: &Scratch, name: &str) -> vmcluster_tests::McpClient {
+    up_env(&s.env("qemu:///system"), name).await
+}
+
+/// [`up`] with the server's environment given.
+pub async fn up_env(env: &[(String, String)], name: &str) -> vmcluster_tests::McpClient {
+    let c = vmcluster_tests::McpClient::spawn(env).await;
+    c.call("cluster_define", serde_json::json!({"topology_name": name}))
+        .await
+        .ok();
+    c.call(
+        "cluster_start",
+        serde_json::json!({"cluster_name": name, "ssh_timeout_s": 180}),
+    )
+    .await
+    .ok();
+    c
+}
+
 /// Runs `virsh -c qemu:///system ARGS` and returns its stdout lines.
 pub fn virsh(args: &[&str]) -> Vec<String> {
     let out = Command::new("virsh")

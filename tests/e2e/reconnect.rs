@@ -35,16 +35,7 @@ async fn a_dropped_session_is_reestablished_and_commands_wait_for_it() {
     let g = preflight();
     let name = "rc1";
     let s = cluster_scratch(&g, name, 111, &["n1"]);
-    let c = McpClient::spawn(&s.env("qemu:///system")).await;
-    c.call("cluster_define", json!({"topology_name": name}))
-        .await
-        .ok();
-    c.call(
-        "cluster_start",
-        json!({"cluster_name": name, "ssh_timeout_s": 180}),
-    )
-    .await
-    .ok();
+    let c = crate::up(&s, name).await;
     let exec = |command: &str, timeout_s: u64| json!({"cluster_name": name, "node_name": "n1", "command": command, "timeout_s": timeout_s});
     let node = await_node(&c, name, "connected", |n| n["ssh_session"] == "connected").await;
     assert_eq!(node["ssh_reconnects"], 0);

@@ -89,16 +89,7 @@ async fn reverts_bring_back_files_processes_and_clocks_on_three_nodes() {
     let g = preflight();
     let name = "sn3";
     let s = cluster_scratch(&g, name, 120, &["n1", "n2", "n3"]);
-    let c = McpClient::spawn(&s.env("qemu:///system")).await;
-    c.call("cluster_define", json!({"topology_name": name}))
-        .await
-        .ok();
-    c.call(
-        "cluster_start",
-        json!({"cluster_name": name, "ssh_timeout_s": 180}),
-    )
-    .await
-    .ok();
+    let c = crate::up(&s, name).await;
     let keys_before = node_field(
         c.call("cluster_handle", json!({"cluster_name": name}))
             .await

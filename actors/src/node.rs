@@ -1177,3 +1177,30 @@ async fn readiness_probe(
     }
     report(ProbeReport::Phase(Readiness::Ready));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_a_bound_with_jitter_in_the_upper_half() {
+        for (n, full_ms) in [
+            (0, 200),
+            (1, 400),
+            (2, 800),
+            (4, 3200),
+            (5, 5000),
+            (40, 5000),
+        ] {
+            let full = Duration::from_millis(full_ms);
+            for random in [0, 1, 12_345_678_901, u64::MAX] {
+                let d = backoff(n, random);
+                assert!(
+                    d >= full / 2 && d <= full,
+                    "attempt {n}: {d:?} outside {full:?}/2..{full:?}"
+                );
+            }
+        }
+        assert_ne!(backoff(3, 1), backoff(3, 987_654_321), "jittered");
+    }
+}

@@ -224,8 +224,14 @@ pub enum ProbeReport {
     Phase(Readiness),
     /// It holds an authenticated session, handed to the actor.
     Session(Arc<SshSession>),
-    /// It gave up.
-    Failed(String),
+    /// It gave up; `fatal` when no later attempt can succeed until something changes (a
+    /// changed host key, a missing bridge).
+    Failed {
+        /// Why.
+        why: String,
+        /// Whether retrying is pointless.
+        fatal: bool,
+    },
 }
 
 /// The NodeActor (stateless struct; state lives in [`NodeState`]).
@@ -933,11 +939,9 @@ impl NodeActor {
                 st.lost = false;
                 self.install(me, st, s).await;
             }
-            ProbeReport::Failed(why) => {
+            ProbeReport::Failed { why, fatal } => {
                 st.probe = None;
                 tracing::warn!(node = %st.args.node, error = %why, "readiness probe gave up");
-                let fatal = why.starts_with("host key changed")
-                    || why.contains("does not exist on this host");
                 if !st.session_up() {
                     st.link.send_replace(Link::Down {
                         error: Some(why.clone()),
@@ -1115,15 +1119,19 @@ async fn readiness_probe(
         match tokio::time::timeout(left(), tcp_probe(&target)).await {
             Ok(Ok(())) => break,
             Ok(Err(e @ SshError::NoBridge(_))) => {
-                return report(ProbeReport::Failed(e.to_string()));
+                return report(ProbeReport::Failed {
+                    why: e.to_string(),
+                    fatal: true,
+                });
             }
             Ok(Err(e)) => last_err = e.to_string(),
             Err(_) => last_err = "connect timed out".into(),
         }
         if Instant::now() >= deadline {
-            return report(ProbeReport::Failed(format!(
-                "SSH port never opened: {last_err}"
-            )));
+            return report(ProbeReport::Failed {
+                why: format!("SSH port never opened: {last_err}"),
+                fatal: false,
+            });
         }
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
@@ -1133,15 +1141,19 @@ async fn readiness_probe(
         match tokio::time::timeout(left(), open_session(&target, left())).await {
             Ok(Ok(s)) => break s,
             Ok(Err(e @ SshError::HostKeyChanged { .. })) => {
-                return report(ProbeReport::Failed(e.to_string()));
+                return report(ProbeReport::Failed {
+                    why: e.to_string(),
+                    fatal: true,
+                });
             }
             Ok(Err(e)) => last_err = e.to_string(),
             Err(_) => last_err = "SSH handshake timed out".into(),
         }
         if Instant::now() >= deadline {
-            return report(ProbeReport::Failed(format!(
-                "SSH never authenticated: {last_err}"
-            )));
+            return report(ProbeReport::Failed {
+                why: format!("SSH never authenticated: {last_err}"),
+                fatal: false,
+            });
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
@@ -1171,7 +1183,10 @@ async fn readiness_probe(
             }
         }
         if Instant::now() >= deadline {
-            return report(ProbeReport::Failed(last_err));
+            return report(ProbeReport::Failed {
+                why: last_err,
+                fatal: false,
+            });
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

@@ -2,8 +2,8 @@
 //!
 //! A session is one TCP connection that carries many channels, so a NodeActor keeps one and
 //! reuses it. `nodelay` is on (russh's default costs ~40 ms per round trip on auth alone).
-//! A session knows when it is gone ([`SshSession::closed`]): the server hung up, the connection
-//! failed, or it stopped answering; its owner then makes a new one. SFTP runs on a channel of
+//! A session knows when it is gone ([`SshSession::gone_signal`]): the server hung up, the
+//! connection failed, or it stopped answering; its owner then makes a new one. SFTP runs on a channel of
 //! the same session ([`SshSession::sftp`]).
 //!
 //! **Network rule:** before any packet leaves for a guest, [`guard_route`] checks that the
@@ -302,23 +302,6 @@ impl SshSession {
     /// Whether the connection is gone.
     pub fn is_closed(&self) -> bool {
         self.handle.is_closed() || *self.gone.borrow()
-    }
-
-    /// Returns once the connection is gone (the server hung up, the connection failed, or the
-    /// server stopped answering).
-    pub async fn closed(&self) {
-        let mut rx = self.gone.subscribe();
-        loop {
-            if self.is_closed() {
-                return;
-            }
-            // The handler reports a dropped connection; the tick covers a session task that
-            // ended without reaching it.
-            tokio::select! {
-                _ = rx.changed() => {}
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            }
-        }
     }
 
     /// A receiver that turns true when the connection is gone (and errs once the session and

@@ -166,6 +166,7 @@ pub async fn run(
                 req.stdin.as_deref(),
                 timeout.saturating_sub(started.elapsed()),
                 STORED_OUTPUT_CEILING.max(req.output_cap),
+                Some(&kill_script(&tag)),
             )
             .await
         {
@@ -177,12 +178,6 @@ pub async fn run(
             other => break other?,
         }
     };
-    if timed_out {
-        // Best effort within a short budget: the node may be too sick to answer.
-        let _ = session
-            .run(&kill_script(&tag), None, Duration::from_secs(10), 4096)
-            .await;
-    }
     Ok(Ran {
         out,
         timed_out,

@@ -35,6 +35,7 @@ use crate::error::{EngineError, Result};
 use crate::exec::{ExecRequest, shell_quote};
 use crate::node::NodeMsg;
 use crate::ops::Op;
+use crate::ssh::Sftp;
 
 /// Bytes per SFTP read or write request.
 pub const CHUNK: usize = 64 * 1024;
@@ -276,7 +277,7 @@ fn mismatch(node: &str, path: &str, here: &str, there: &str) -> EngineError {
 async fn lease(
     node: &str,
     actor: &ActorRef<NodeMsg>,
-) -> Result<(crate::node::Lease, RawSftpSession, bool, bool)> {
+) -> Result<(crate::node::Lease, std::sync::Arc<Sftp>)> {
     let lease = crate::cluster::ask(
         actor,
         |reply| NodeMsg::Session {
@@ -286,7 +287,7 @@ async fn lease(
         None,
     )
     .await??;
-    let (sftp, version) = lease
+    let sftp = lease
         .session
         .sftp(SFTP_TIMEOUT)
         .await
@@ -294,9 +295,14 @@ async fn lease(
             node: node.to_owned(),
             message: e.to_string(),
         })?;
-    let has = |ext: &str| version.extensions.contains_key(ext);
-    let (fsync, posix_rename) = (has("fsync@openssh.com"), has("posix-rename@openssh.com"));
-    Ok((lease, sftp, fsync, posix_rename))
+    Ok((lease, sftp))
+}
+
+/// After a failed transfer: an SFTP session that failed below the file level is not reused.
+async fn settle<T>(lease: &crate::node::Lease, sftp: &std::sync::Arc<Sftp>, res: &Result<T>) {
+    if let Err(EngineError::Ssh { .. }) = res {
+        lease.session.forget_sftp(sftp).await;
+    }
 }
 
 async fn upload(
@@ -307,7 +313,22 @@ async fn upload(
     mode: Option<u32>,
     limit: u64,
 ) -> Result<(u64, String, u32)> {
-    let (_lease, sftp, fsync, posix_rename) = lease(node, actor).await?;
+    let (lease, session) = lease(node, actor).await?;
+    let res = upload_on(node, actor, &session, local, remote, mode, limit).await;
+    settle(&lease, &session, &res).await;
+    res
+}
+
+async fn upload_on(
+    node: &str,
+    actor: &ActorRef<NodeMsg>,
+    session: &Sftp,
+    local: &Path,
+    remote: &str,
+    mode: Option<u32>,
+    limit: u64,
+) -> Result<(u64, String, u32)> {
+    let (sftp, fsync, posix_rename) = (&session.raw, session.fsync, session.posix_rename);
     let existing = match sftp.stat(remote).await {
         Ok(a) if a.attrs.is_dir() => {
             return Err(EngineError::InvalidArgument(format!(
@@ -448,7 +469,6 @@ async fn upload(
     if res.is_err() && created {
         let _ = sftp.remove(tmp.as_str()).await;
     }
-    let _ = sftp.close_session();
     res
 }
 
@@ -459,7 +479,20 @@ async fn download(
     local: &Path,
     limit: u64,
 ) -> Result<(u64, String, u32)> {
-    let (_lease, sftp, _, _) = lease(node, actor).await?;
+    let (lease, session) = lease(node, actor).await?;
+    let res = download_on(node, actor, &session.raw, remote, local, limit).await;
+    settle(&lease, &session, &res).await;
+    res
+}
+
+async fn download_on(
+    node: &str,
+    actor: &ActorRef<NodeMsg>,
+    sftp: &RawSftpSession,
+    remote: &str,
+    local: &Path,
+    limit: u64,
+) -> Result<(u64, String, u32)> {
     let attrs = match sftp.stat(remote).await {
         Ok(a) => a.attrs,
         Err(e) if is_status(&e, StatusCode::NoSuchFile) => {
@@ -599,7 +632,6 @@ async fn download(
     if res.is_err() && created {
         let _ = tokio::fs::remove_file(&tmp).await;
     }
-    let _ = sftp.close_session();
     res
 }
 

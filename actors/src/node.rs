@@ -233,8 +233,14 @@ pub enum ProbeReport {
     Phase(Readiness),
     /// It holds an authenticated session, handed to the actor.
     Session(Arc<SshSession>),
-    /// It gave up.
-    Failed(String),
+    /// It gave up; `fatal` when no later attempt can succeed until something changes (a
+    /// changed host key, a missing bridge).
+    Failed {
+        /// Why.
+        why: String,
+        /// Whether retrying is pointless.
+        fatal: bool,
+    },
 }
 
 /// The NodeActor (stateless struct; state lives in [`NodeState`]).
@@ -991,12 +997,10 @@ impl NodeActor {
                 st.lost = false;
                 self.install(me, st, s).await;
             }
-            ProbeReport::Failed(why) => {
+            ProbeReport::Failed { why, fatal } => {
                 st.probe = None;
                 tracing::warn!(node = %st.args.node, error = %why, "readiness probe gave up");
                 self.note(st, "not ready".into(), Some(why.clone())).await;
-                let fatal = why.starts_with("host key changed")
-                    || why.contains("does not exist on this host");
                 if !st.session_up() {
                     st.link.send_replace(Link::Down {
                         error: Some(why.clone()),
@@ -1174,15 +1178,19 @@ async fn readiness_probe(
         match tokio::time::timeout(left(), tcp_probe(&target)).await {
             Ok(Ok(())) => break,
             Ok(Err(e @ SshError::NoBridge(_))) => {
-                return report(ProbeReport::Failed(e.to_string()));
+                return report(ProbeReport::Failed {
+                    why: e.to_string(),
+                    fatal: true,
+                });
             }
             Ok(Err(e)) => last_err = e.to_string(),
             Err(_) => last_err = "connect timed out".into(),
         }
         if Instant::now() >= deadline {
-            return report(ProbeReport::Failed(format!(
-                "SSH port never opened: {last_err}"
-            )));
+            return report(ProbeReport::Failed {
+                why: format!("SSH port never opened: {last_err}"),
+                fatal: false,
+            });
         }
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
@@ -1192,15 +1200,19 @@ async fn readiness_probe(
         match tokio::time::timeout(left(), open_session(&target, left())).await {
             Ok(Ok(s)) => break s,
             Ok(Err(e @ SshError::HostKeyChanged { .. })) => {
-                return report(ProbeReport::Failed(e.to_string()));
+                return report(ProbeReport::Failed {
+                    why: e.to_string(),
+                    fatal: true,
+                });
             }
             Ok(Err(e)) => last_err = e.to_string(),
             Err(_) => last_err = "SSH handshake timed out".into(),
         }
         if Instant::now() >= deadline {
-            return report(ProbeReport::Failed(format!(
-                "SSH never authenticated: {last_err}"
-            )));
+            return report(ProbeReport::Failed {
+                why: format!("SSH never authenticated: {last_err}"),
+                fatal: false,
+            });
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
@@ -1230,7 +1242,10 @@ async fn readiness_probe(
             }
         }
         if Instant::now() >= deadline {
-            return report(ProbeReport::Failed(last_err));
+            return report(ProbeReport::Failed {
+                why: last_err,
+                fatal: false,
+            });
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -1243,4 +1258,31 @@ fn state_word(s: DomainState) -> String {
         .ok()
         .and_then(|v| v.as_str().map(str::to_owned))
         .unwrap_or_else(|| format!("{s:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_a_bound_with_jitter_in_the_upper_half() {
+        for (n, full_ms) in [
+            (0, 200),
+            (1, 400),
+            (2, 800),
+            (4, 3200),
+            (5, 5000),
+            (40, 5000),
+        ] {
+            let full = Duration::from_millis(full_ms);
+            for random in [0, 1, 12_345_678_901, u64::MAX] {
+                let d = backoff(n, random);
+                assert!(
+                    d >= full / 2 && d <= full,
+                    "attempt {n}: {d:?} outside {full:?}/2..{full:?}"
+                );
+            }
+        }
+        assert_ne!(backoff(3, 1), backoff(3, 987_654_321), "jittered");
+    }
 }

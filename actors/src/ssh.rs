@@ -2,8 +2,8 @@
 //!
 //! A session is one TCP connection that carries many channels, so a NodeActor keeps one and
 //! reuses it. `nodelay` is on (russh's default costs ~40 ms per round trip on auth alone).
-//! A session knows when it is gone ([`SshSession::closed`]): the server hung up, the connection
-//! failed, or it stopped answering; its owner then makes a new one. SFTP runs on a channel of
+//! A session knows when it is gone ([`SshSession::gone_signal`]): the server hung up, the
+//! connection failed, or it stopped answering; its owner then makes a new one. SFTP runs on a channel of
 //! the same session ([`SshSession::sftp`]).
 //!
 //! **Network rule:** before any packet leaves for a guest, [`guard_route`] checks that the
@@ -177,6 +177,27 @@ pub struct SshSession {
     gone: Arc<watch::Sender<bool>>,
     /// Whether the login shell is `/bin/sh` itself (see [`SshSession::detect_shell`]).
     login_shell_is_sh: AtomicBool,
+    /// The connection's SFTP session, opened on first use and kept (see [`SshSession::sftp`]).
+    sftp: tokio::sync::Mutex<Option<Arc<Sftp>>>,
+}
+
+/// An SFTP session on one channel of a connection, with what its server supports.
+pub struct Sftp {
+    /// The protocol client.
+    pub raw: russh_sftp::client::RawSftpSession,
+    /// `fsync@openssh.com`.
+    pub fsync: bool,
+    /// `posix-rename@openssh.com`.
+    pub posix_rename: bool,
+}
+
+impl std::fmt::Debug for Sftp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sftp")
+            .field("fsync", &self.fsync)
+            .field("posix_rename", &self.posix_rename)
+            .finish()
+    }
 }
 
 impl std::fmt::Debug for SshSession {
@@ -274,29 +295,13 @@ impl SshSession {
             host_key,
             gone,
             login_shell_is_sh: AtomicBool::new(false),
+            sftp: tokio::sync::Mutex::new(None),
         })
     }
 
     /// Whether the connection is gone.
     pub fn is_closed(&self) -> bool {
         self.handle.is_closed() || *self.gone.borrow()
-    }
-
-    /// Returns once the connection is gone (the server hung up, the connection failed, or the
-    /// server stopped answering).
-    pub async fn closed(&self) {
-        let mut rx = self.gone.subscribe();
-        loop {
-            if self.is_closed() {
-                return;
-            }
-            // The handler reports a dropped connection; the tick covers a session task that
-            // ended without reaching it.
-            tokio::select! {
-                _ = rx.changed() => {}
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            }
-        }
     }
 
     /// A receiver that turns true when the connection is gone (and errs once the session and
@@ -330,9 +335,36 @@ impl SshSession {
         self.login_shell_is_sh.load(Ordering::Relaxed)
     }
 
-    /// Opens an SFTP session on a new channel (the node's `sftp` subsystem); returns it with the
-    /// server's version packet (its extensions).
-    pub async fn sftp(
+    /// The connection's SFTP session (the node's `sftp` subsystem), opened on first use.
+    ///
+    /// It stays open for the connection's life and is shared by transfers: closing an SFTP
+    /// channel means closing it while its `sftp-server` still runs, and dropbear then sometimes
+    /// fails or closes the *next* channel opened on the connection.
+    pub async fn sftp(&self, timeout: Duration) -> Result<Arc<Sftp>, SshError> {
+        let mut cached = self.sftp.lock().await;
+        if let Some(s) = cached.as_ref() {
+            return Ok(s.clone());
+        }
+        let (raw, version) = self.open_sftp(timeout).await?;
+        let has = |ext: &str| version.extensions.contains_key(ext);
+        let s = Arc::new(Sftp {
+            fsync: has("fsync@openssh.com"),
+            posix_rename: has("posix-rename@openssh.com"),
+            raw,
+        });
+        *cached = Some(s.clone());
+        Ok(s)
+    }
+
+    /// Forgets `s` (after it failed at the protocol level); the next transfer opens another.
+    pub async fn forget_sftp(&self, s: &Arc<Sftp>) {
+        let mut cached = self.sftp.lock().await;
+        if cached.as_ref().is_some_and(|c| Arc::ptr_eq(c, s)) {
+            *cached = None;
+        }
+    }
+
+    async fn open_sftp(
         &self,
         timeout: Duration,
     ) -> Result<
@@ -343,26 +375,47 @@ impl SshSession {
         SshError,
     > {
         let setup = async {
-            let mut ch = self
-                .handle
-                .channel_open_session()
-                .await
-                .map_err(|e| SshError::Protocol(format!("open channel: {e}")))?;
-            ch.request_subsystem(true, "sftp")
-                .await
-                .map_err(|e| SshError::Protocol(format!("sftp subsystem: {e}")))?;
-            loop {
-                match ch.wait().await {
-                    Some(ChannelMsg::Success) => break,
-                    Some(ChannelMsg::Failure) | None => {
+            // dropbear sometimes closes a channel opened right after another one closed, before
+            // answering its first request (seen with exec too): the subsystem never started,
+            // so asking again is safe.
+            let mut attempt = 0;
+            let ch = loop {
+                let mut ch = self
+                    .handle
+                    .channel_open_session()
+                    .await
+                    .map_err(|e| SshError::Protocol(format!("open channel: {e}")))?;
+                ch.request_subsystem(true, "sftp")
+                    .await
+                    .map_err(|e| SshError::Protocol(format!("sftp subsystem: {e}")))?;
+                // Some(true): started; Some(false): refused; None: closed without an answer.
+                let answer = loop {
+                    match ch.wait().await {
+                        Some(ChannelMsg::Success) => break Some(true),
+                        Some(ChannelMsg::Failure) => break Some(false),
+                        None => break None,
+                        Some(_) => {}
+                    }
+                };
+                match answer {
+                    Some(true) => break ch,
+                    Some(false) if attempt + 1 >= 3 => {
                         return Err(SshError::Protocol(
                             "the node refused the sftp subsystem (no SFTP server installed?)"
                                 .into(),
                         ));
                     }
-                    Some(_) => {}
+                    Some(false) => tracing::debug!(attempt, "sftp subsystem refused; retrying"),
+                    None => tracing::debug!(attempt, "sftp channel closed before it started"),
                 }
-            }
+                attempt += 1;
+                if attempt >= 3 || self.is_closed() {
+                    return Err(SshError::Protocol(
+                        "the node closed the sftp channel before it started".into(),
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
+            };
             let config = russh_sftp::client::Config {
                 request_timeout_secs: timeout.as_secs().max(1),
                 ..Default::default()
@@ -391,14 +444,17 @@ impl SshSession {
     /// Runs `command`, feeding it `stdin` (then EOF), and collects its output until it exits or
     /// `timeout` passes, keeping at most `keep` bytes of each stream (the rest is counted). On
     /// timeout the output gathered so far comes back with `timed_out` set; the caller decides
-    /// how to stop the remote command. [`SshError::NotStarted`] means the command cannot have
-    /// run (the channel never opened, or the server refused it).
+    /// how to stop the remote command: `kill` is run on another channel, and the command's own
+    /// channel is only let go once the server ended it (dropbear mishandles a channel closed
+    /// under a live child; see [`SshSession::sftp`]). [`SshError::NotStarted`] means the command
+    /// cannot have run (the channel never opened, or the server refused it).
     pub async fn run(
         &self,
         command: &str,
         stdin: Option<&[u8]>,
         timeout: Duration,
         keep: usize,
+        kill: Option<&str>,
     ) -> Result<(ExecOutput, bool), SshError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let setup = async {
@@ -436,7 +492,16 @@ impl SshSession {
         let mut started = false;
         loop {
             match tokio::time::timeout_at(deadline, ch.wait()).await {
-                Err(_) => return Ok((out, true)),
+                Err(_) => {
+                    if let Some(kill) = kill {
+                        // Best effort within a short budget: the node may be too sick to answer.
+                        let killed = self.run(kill, None, Duration::from_secs(10), 4096, None);
+                        let _ = Box::pin(killed).await;
+                        let drain = async { while ch.wait().await.is_some() {} };
+                        let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
+                    }
+                    return Ok((out, true));
+                }
                 Ok(None) if !started => return Err(SshError::NotStarted),
                 // A server always reports how the command ended; a channel that closes without
                 // saying means the connection went away under it.
@@ -473,7 +538,7 @@ impl SshSession {
 
     /// Runs `command` and collects its output; fails with [`SshError::Timeout`] after `timeout`.
     pub async fn exec(&self, command: &str, timeout: Duration) -> Result<ExecOutput, SshError> {
-        match self.run(command, None, timeout, 1 << 20).await? {
+        match self.run(command, None, timeout, 1 << 20, None).await? {
             (_, true) => Err(SshError::Timeout(timeout)),
             (out, false) => Ok(out),
         }

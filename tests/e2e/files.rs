@@ -258,6 +258,34 @@ async fn files_move_atomically_with_checksums_and_outputs_are_resources() {
         .unwrap_err();
     assert_eq!(code, -32002);
 
+    // Commands run in the login shell when it is /bin/sh: a lone command that outlives its
+    // timeout is still found by its tag and killed, and $0 / variables behave as with sh -c.
+    let r = c
+        .call(
+            "node_exec",
+            json!({"cluster_name": name, "node_name": "n1", "command": "sleep 313", "timeout_s": 2}),
+        )
+        .await;
+    assert_eq!(r.ok()["timed_out"], true);
+    assert_eq!(
+        sh("ps -o args | grep -c '[s]leep 313' || true")
+            .await
+            .trim(),
+        "0"
+    );
+    let r = c
+        .call(
+            "node_exec",
+            json!({"cluster_name": name, "node_name": "n1", "env": {"A": "x'y z"},
+                "command": "printf '%s|' \"$A\" \"$(readlink /proc/$$/exe)\"; # trailing comment"}),
+        )
+        .await;
+    let out = r.ok()["stdout"].as_str().unwrap().to_owned();
+    assert!(
+        out.starts_with("x'y z|/") && out.ends_with("/dash|"),
+        "the command ran in the login shell (dash), with its variable: {out}"
+    );
+
     crate::destroy_and_check_clean(&c, &s, name).await;
     c.close().await;
 }

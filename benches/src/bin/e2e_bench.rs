@@ -9,7 +9,8 @@
 //! - `cluster_status` latency (p50/p99) on 3 running nodes, and again after one node was
 //!   destroyed behind the server's back;
 //! - `node_exec true` over the pooled session against a freshly spawned `ssh node true`, and
-//!   `node_exec_all true` on 3 nodes against one `node_exec`.
+//!   `node_exec_all true` on 3 nodes against one `node_exec`;
+//! - `node_upload` and `node_download` of 16 MiB (SFTP, the node's `sha256sum` check included).
 //!
 //! Runs only inside the isolated test host (`scripts/bench` takes care of it).
 
@@ -19,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use vmcluster_actors::exec::ExecRequest;
+use vmcluster_actors::files::{Direction, Transfer};
 use vmcluster_actors::{Engine, StopMode};
 use vmcluster_benches::percentiles_us;
 use vmcluster_tests::{Scratch, TopologySpec, topology_yaml};
@@ -197,6 +199,49 @@ async fn main() {
         assert!(ssh_true(&key, "192.168.133.11"), "ssh true failed");
         fresh.push(t.elapsed());
     }
+    // Files: 16 MiB up and down again, each verified by the node's sha256sum.
+    let size: usize = 16 << 20;
+    let files = scratch.path().join("bench-files");
+    std::fs::create_dir_all(&files).expect("files dir");
+    let up_src = files.join("up.bin");
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let data: Vec<u8> = (0..size)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect();
+    std::fs::write(&up_src, &data).expect("write bench file");
+    let transfer = |direction, local: &Path| Transfer {
+        direction,
+        local: local.to_owned(),
+        remote: "/root/bench.bin".into(),
+    };
+    let t = Instant::now();
+    let up = engine
+        .transfer(
+            "b3",
+            "n1",
+            transfer(Direction::Upload { mode: None }, &up_src),
+        )
+        .await
+        .result
+        .expect("upload");
+    let upload = t.elapsed();
+    let down_dst = files.join("down.bin");
+    let t = Instant::now();
+    let down = engine
+        .transfer("b3", "n1", transfer(Direction::Download, &down_dst))
+        .await
+        .result
+        .expect("download");
+    let download = t.elapsed();
+    assert_eq!(up.sha256, down.sha256);
+    assert_eq!(std::fs::read(&down_dst).expect("read back"), data);
+    let mib_s =
+        |d: Duration| ((size as f64 / (1 << 20) as f64) / d.as_secs_f64() * 10.0).round() / 10.0;
     let (exec_p50, exec_p99, _) = percentiles_us(&mut one);
     let (all_p50, all_p99, _) = percentiles_us(&mut all);
     let (ssh_p50, ssh_p99, _) = percentiles_us(&mut fresh);
@@ -262,6 +307,13 @@ async fn main() {
             "fresh_ssh_true": { "p50": ssh_p50, "p99": ssh_p99, "samples": 20, "what": "ssh -o BatchMode=yes root@node true, a new process and connection each time" },
             "exec_over_fresh_ssh": (exec_p50 / ssh_p50 * 1000.0).round() / 1000.0,
             "exec_all_over_exec": (all_p50 / exec_p50 * 100.0).round() / 100.0,
+        },
+        "files": {
+            "what": "node_upload then node_download of 16 MiB of noise to n1 of b3 (3 nodes up): SFTP, temp file, fsync, the node's sha256sum check, rename",
+            "upload_s": secs(upload),
+            "upload_mib_per_s": mib_s(upload),
+            "download_s": secs(download),
+            "download_mib_per_s": mib_s(download),
         },
         "targets": {
             "node_exec_le_0.1x_fresh_ssh": exec_p50 <= 0.1 * ssh_p50,

@@ -3,7 +3,9 @@
 //! Events are derived from journal records ([`Event::from_record`]); nothing else is stored.
 //! An [`OpIndex`] shared by every reader supplies the cluster of records that only carry an
 //! operation id. It is built lazily (the first read scans the journal up to where it reads) and
-//! then kept up to date by whoever reads further.
+//! then kept up to date by whoever reads further. It keeps every operation it has seen (a few
+//! tens of bytes each, names interned), so its size grows with the journal's operations, not
+//! with its records.
 //!
 //! Following ([`EventFeed::follow`]) first subscribes to the journal's broadcast, then reads the
 //! backlog from the journal, then forwards live records. A follower that falls behind the

@@ -120,7 +120,14 @@ impl EventFeed {
         let mut events = Vec::new();
         let mut cursor = since;
         while events.len() < limit && cursor < last_seq {
-            let recs = self.journal.read_since(cursor, BATCH)?;
+            // Read no more than the page needs: every record is an event without a filter; with
+            // one, read ahead a little.
+            let want = limit - events.len();
+            let batch = match filter.cluster {
+                None => want.min(BATCH),
+                Some(_) => want.saturating_mul(4).clamp(64, BATCH),
+            };
+            let recs = self.journal.read_since(cursor, batch)?;
             if recs.is_empty() {
                 break;
             }

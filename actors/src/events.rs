@@ -3,7 +3,9 @@
 //! Events are derived from journal records ([`Event::from_record`]); nothing else is stored.
 //! An [`OpIndex`] shared by every reader supplies the cluster of records that only carry an
 //! operation id. It is built lazily (the first read scans the journal up to where it reads) and
-//! then kept up to date by whoever reads further.
+//! then kept up to date by whoever reads further. It keeps every operation it has seen (a few
+//! tens of bytes each, names interned), so its size grows with the journal's operations, not
+//! with its records.
 //!
 //! Following ([`EventFeed::follow`]) first subscribes to the journal's broadcast, then reads the
 //! backlog from the journal, then forwards live records. A follower that falls behind the
@@ -118,7 +120,14 @@ impl EventFeed {
         let mut events = Vec::new();
         let mut cursor = since;
         while events.len() < limit && cursor < last_seq {
-            let recs = self.journal.read_since(cursor, BATCH)?;
+            // Read no more than the page needs: every record is an event without a filter; with
+            // one, read ahead a little.
+            let want = limit - events.len();
+            let batch = match filter.cluster {
+                None => want.min(BATCH),
+                Some(_) => want.saturating_mul(4).clamp(64, BATCH),
+            };
+            let recs = self.journal.read_since(cursor, batch)?;
             if recs.is_empty() {
                 break;
             }

@@ -1,5 +1,7 @@
 //! Criterion micro-benchmarks: topology validation, XML generation, journal appends (durable,
-//! group commit), journal replay, and `cluster_status` through the actors (libvirt test driver).
+//! group commit), journal replay, `cluster_status` through the actors (libvirt test driver), and
+//! the event stream (records mapped to events, a page read). The journal's targets are in
+//! `src/bin/journal_bench.rs`.
 
 use std::path::Path;
 use std::time::Duration;
@@ -146,5 +148,69 @@ fn status(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, engine_pure, journal, status);
+fn events(c: &mut Criterion) {
+    use vmcluster_journal::{Event, EventFilter, OpIndex, RecordV1};
+    let mut g = c.benchmark_group("events");
+    // The pure mapping: 1,000 records of 100 operations into events, op index included.
+    let op = |i: u64| uuid::Uuid::from_u128(i as u128 + 1);
+    let records: Vec<RecordV1> = (0..1000u64)
+        .map(|i| RecordV1 {
+            seq: i + 1,
+            ts_ms: 1_750_000_000_000 + i as i64,
+            body: if i % 10 == 0 {
+                BodyV1::CommandStarted {
+                    op_id: op(i / 10),
+                    tool: "cluster_define".into(),
+                    cluster: Some(format!("c{}", i / 10 % 7)),
+                    params_json: r#"{"topology_name":"c"}"#.into(),
+                }
+            } else {
+                BodyV1::StepFinished {
+                    op_id: op(i / 10),
+                    step: "define_domain".into(),
+                    node: Some("n1".into()),
+                    ok: true,
+                    detail: None,
+                }
+            },
+        })
+        .collect();
+    g.throughput(criterion::Throughput::Elements(1000));
+    g.bench_function("from_record_1000", |b| {
+        b.iter(|| {
+            let mut ops = OpIndex::new();
+            records
+                .iter()
+                .map(|r| {
+                    ops.note(r);
+                    Event::from_record(r, &ops)
+                })
+                .filter(|e| e.cluster.is_some())
+                .count()
+        })
+    });
+    // A page of 100 events of one cluster out of a 100,000-record journal (warm op index).
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (j, _) = Journal::open(dir.path()).unwrap();
+    rt.block_on(async {
+        for chunk in 0..100u64 {
+            j.append_batch((0..1000).map(|i| body(chunk * 1000 + i)).collect())
+                .await
+                .unwrap();
+        }
+    });
+    let feed = vmcluster_actors::events::EventFeed::new(j);
+    feed.read(0, usize::MAX, &EventFilter::all()).unwrap();
+    g.throughput(criterion::Throughput::Elements(100));
+    g.bench_function("feed_read_page_100_at_50k", |b| {
+        b.iter(|| feed.read(50_000, 100, &EventFilter::all()).unwrap())
+    });
+    g.finish();
+}
+
+criterion_group!(benches, engine_pure, journal, status, events);
 criterion_main!(benches);

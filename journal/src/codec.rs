@@ -110,8 +110,22 @@ pub fn encode(rec: &JournalRecord) -> Result<Vec<u8>, EncodeError> {
     Ok(out)
 }
 
-/// Decodes one frame. Never panics.
-pub fn decode(bytes: &[u8]) -> Result<JournalRecord, DecodeError> {
+/// Checks one frame without decoding its body: magic, size, checksum and version tag, and
+/// returns the record's sequence number (the field right after the version tag). What passes
+/// is what [`decode`] would accept unless the checksummed payload itself is malformed, which
+/// only a writer bug (not a torn write or bit rot) can produce. Never panics.
+pub fn check(bytes: &[u8]) -> Result<u64, DecodeError> {
+    let payload = checked_payload(bytes)?;
+    let ((tag, seq), _) = bincode::decode_from_slice::<(u32, u64), _>(payload, config())
+        .map_err(|e| DecodeError::Malformed(format!("header: {e}")))?;
+    if tag > JournalRecord::LATEST_VERSION {
+        return Err(DecodeError::UnknownVersion { tag });
+    }
+    Ok(seq)
+}
+
+/// The payload of a frame whose magic, size and checksum are right.
+fn checked_payload(bytes: &[u8]) -> Result<&[u8], DecodeError> {
     if bytes.len() <= HEADER_LEN {
         return Err(DecodeError::Truncated { len: bytes.len() });
     }
@@ -127,6 +141,12 @@ pub fn decode(bytes: &[u8]) -> Result<JournalRecord, DecodeError> {
     if stored != computed {
         return Err(DecodeError::Checksum { stored, computed });
     }
+    Ok(payload)
+}
+
+/// Decodes one frame. Never panics.
+pub fn decode(bytes: &[u8]) -> Result<JournalRecord, DecodeError> {
+    let payload = checked_payload(bytes)?;
     // Dispatch on the version tag before decoding the body.
     let (tag, _) = bincode::decode_from_slice::<u32, _>(payload, config())
         .map_err(|e| DecodeError::Malformed(format!("version tag: {e}")))?;

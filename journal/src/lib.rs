@@ -28,9 +28,15 @@
 //!   unknown. Restart (reopen) to recover.
 //! * Recovery policy on [`Journal::open`] (convention P7): a record that
 //!   fails its checksum or does not decode *at the tail* (the last key) is
-//!   discarded with a warning; anywhere else the journal refuses to open with
-//!   [`JournalError::Corrupt`]. A record of an unknown (newer) version is
+//!   discarded with a warning; a frame that fails anywhere else (magic,
+//!   checksum, version, seq against its key) makes the journal refuse to open
+//!   with [`JournalError::Corrupt`]. A record of an unknown (newer) version is
 //!   never discarded: [`JournalError::UnsupportedVersion`].
+//! * Opening is the replay: one pass decodes every record (from borrowed
+//!   bytes) and folds it into the [`Projection`], which compaction keeps
+//!   bounded (at most `compact_every` records follow the last checkpoint).
+//! * Reads borrow the store's buffers ([`Store::visit_from`]) and decode in
+//!   batches: no copy per record.
 //! * Framing and encoding are in [`codec`]; the storage engine is behind the
 //!   [`Store`] trait and lives in one file ([`sled_store`]).
 //!
@@ -215,8 +221,11 @@ fn decode_at(seq: u64, bytes: &[u8]) -> Result<JournalRecord, JournalError> {
     Ok(rec)
 }
 
-/// Scans and validates the whole store; returns what was found and the next
+/// Scans and validates the whole store in one pass; returns what was found and the next
 /// sequence number to assign.
+///
+/// Every record is decoded and folded into `projection` in this one pass (a replay reads the
+/// store once); a record that does not decode is forgiven only as the last one (a torn tail).
 fn recover(
     store: &dyn Store,
     projection: &mut Projection,
@@ -227,25 +236,27 @@ fn recover(
     let mut max_key: Option<u64> = None;
     // A bad record is only forgivable if nothing follows it.
     let mut pending_bad: Option<(u64, String)> = None;
+    let mut fatal: Option<JournalError> = None;
 
-    for item in store.scan_from(0) {
-        let (seq, bytes) = item?;
+    store.visit_from(0, &mut |seq, bytes| {
         if let Some((bad_seq, reason)) = pending_bad.take() {
-            return Err(JournalError::Corrupt {
+            fatal = Some(JournalError::Corrupt {
                 seq: bad_seq,
                 reason,
             });
+            return false;
         }
         if let Some(prev) = max_key
             && seq <= prev
         {
-            return Err(JournalError::Corrupt {
+            fatal = Some(JournalError::Corrupt {
                 seq,
                 reason: format!("sequence not increasing: {seq} after {prev}"),
             });
+            return false;
         }
         max_key = Some(seq);
-        match decode_at(seq, &bytes) {
+        match decode_at(seq, bytes) {
             Ok(rec) => {
                 if matches!(rec.body(), BodyV1::Checkpoint { .. }) {
                     checkpoint_seq = Some(seq);
@@ -256,12 +267,17 @@ fn recover(
                 records += 1;
                 last_valid = Some(seq);
             }
-            Err(e @ JournalError::UnsupportedVersion { .. }) => return Err(e),
             Err(JournalError::Corrupt { reason, .. }) => pending_bad = Some((seq, reason)),
-            Err(e) => return Err(e),
+            Err(e) => {
+                fatal = Some(e);
+                return false;
+            }
         }
+        true
+    })?;
+    if let Some(e) = fatal {
+        return Err(e);
     }
-
     let discarded_tail = match pending_bad {
         Some((seq, reason)) => {
             tracing::warn!(seq, %reason, "discarding corrupt journal tail record");
@@ -297,9 +313,82 @@ fn recover(
     ))
 }
 
+/// Decodes up to `limit` records with `from <= seq <= durable`, in order. A record that does
+/// not decode becomes an `Err` item in its place, and reading goes on after it.
+fn read_batch(
+    store: &dyn Store,
+    from: u64,
+    durable: u64,
+    limit: usize,
+) -> Result<Vec<Result<RecordV1, JournalError>>, JournalError> {
+    let mut out = Vec::new();
+    if limit == 0 || from > durable {
+        return Ok(out);
+    }
+    store.visit_from(from, &mut |seq, bytes| {
+        if seq > durable {
+            return false;
+        }
+        out.push(decode_at(seq, bytes).map(JournalRecord::into_v1));
+        out.len() < limit
+    })?;
+    Ok(out)
+}
+
+/// Records read this many at a time by [`Journal::iter_all`].
+const ITER_BATCH: usize = 1024;
+
+/// [`Journal::iter_all`]: the store read in batches, each decoded from borrowed bytes.
+struct AllRecords<'a> {
+    store: &'a dyn Store,
+    durable: u64,
+    next: u64,
+    buf: std::vec::IntoIter<Result<RecordV1, JournalError>>,
+    done: bool,
+}
+
+impl Iterator for AllRecords<'_> {
+    type Item = Result<RecordV1, JournalError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(item) = self.buf.next() {
+                return Some(item);
+            }
+            if self.done {
+                return None;
+            }
+            match read_batch(self.store, self.next, self.durable, ITER_BATCH) {
+                Ok(batch) => {
+                    if batch.len() < ITER_BATCH {
+                        self.done = true;
+                    }
+                    // The next batch starts after the last record read (good or bad).
+                    let last = batch.last().map(|r| match r {
+                        Ok(rec) => rec.seq,
+                        Err(JournalError::Corrupt { seq, .. })
+                        | Err(JournalError::UnsupportedVersion { seq, .. }) => *seq,
+                        Err(_) => u64::MAX - 1,
+                    });
+                    match last {
+                        Some(l) => self.next = l + 1,
+                        None => self.done = true,
+                    }
+                    self.buf = batch.into_iter();
+                }
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
+}
+
 impl Journal {
-    /// Opens (creating if needed) the sled journal in `dir`, validates every
-    /// record and starts the writer thread. Blocking; scans everything.
+    /// Opens (creating if needed) the sled journal in `dir`, checks every
+    /// record's frame (see the recovery policy above) and starts the writer
+    /// thread. Blocking; scans everything.
     pub fn open(dir: &Path) -> Result<(Journal, Recovery), JournalError> {
         Self::open_with(dir, JournalOptions::default())
     }
@@ -385,39 +474,46 @@ impl Journal {
         rx.await.map_err(|_| JournalError::Closed)?
     }
 
-    /// Up to `limit` durable records with `seq > since_seq`, in order.
-    /// Blocking (reads the store).
+    /// Up to `limit` durable records with `seq > since_seq`, in order; the first record that
+    /// does not decode is an error. Blocking (reads the store).
     pub fn read_since(&self, since_seq: u64, limit: usize) -> Result<Vec<RecordV1>, JournalError> {
         let durable = self.inner.durable_seq.load(Ordering::Acquire);
-        let mut out = Vec::new();
         if limit == 0 || since_seq >= durable {
-            return Ok(out);
+            return Ok(Vec::new());
         }
-        for item in self.inner.store.scan_from(since_seq + 1) {
-            let (seq, bytes) = item?;
-            if seq > durable {
-                break;
-            }
-            out.push(decode_at(seq, &bytes)?.into_v1());
-            if out.len() >= limit {
-                break;
-            }
-        }
-        Ok(out)
-    }
-
-    /// Every durable record (as of this call), in order, for replay.
-    /// Blocking (reads the store lazily).
-    pub fn iter_all(&self) -> impl Iterator<Item = Result<RecordV1, JournalError>> + '_ {
-        let durable = self.inner.durable_seq.load(Ordering::Acquire);
+        let mut out = Vec::new();
+        let mut failed = None;
         self.inner
             .store
-            .scan_from(1)
-            .take_while(move |item| !matches!(item, Ok((seq, _)) if *seq > durable))
-            .map(|item| {
-                let (seq, bytes) = item?;
-                Ok(decode_at(seq, &bytes)?.into_v1())
-            })
+            .visit_from(since_seq + 1, &mut |seq, bytes| {
+                if seq > durable {
+                    return false;
+                }
+                match decode_at(seq, bytes) {
+                    Ok(r) => out.push(r.into_v1()),
+                    Err(e) => {
+                        failed = Some(e);
+                        return false;
+                    }
+                }
+                out.len() < limit
+            })?;
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
+    }
+
+    /// Every durable record (as of this call), in order, for replay. A record that does not
+    /// decode is an `Err` item in its place. Blocking (reads the store in batches, lazily).
+    pub fn iter_all(&self) -> impl Iterator<Item = Result<RecordV1, JournalError>> + '_ {
+        AllRecords {
+            store: self.inner.store.as_ref(),
+            durable: self.inner.durable_seq.load(Ordering::Acquire),
+            next: 1,
+            buf: Vec::new().into_iter(),
+            done: false,
+        }
     }
 
     /// Sequence number of the last durable record.

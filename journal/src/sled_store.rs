@@ -110,6 +110,21 @@ impl Store for SledStore {
         }))
     }
 
+    fn visit_from(
+        &self,
+        seq: u64,
+        visit: &mut dyn FnMut(u64, &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        // Lends sled's own buffer: no copy per record.
+        for kv in self.tree.range(seq.to_be_bytes()..) {
+            let (k, v) = kv.map_err(io)?;
+            if !visit(key_to_seq(&k)?, &v) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     fn last_seq(&self) -> Result<Option<u64>, StoreError> {
         match self.tree.last().map_err(io)? {
             Some((k, _)) => Ok(Some(key_to_seq(&k)?)),

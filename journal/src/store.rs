@@ -56,6 +56,23 @@ pub trait Store: Send + Sync + 'static {
     fn flush(&self) -> Result<(), StoreError>;
     /// Entries with key `>= seq`, in ascending key order.
     fn scan_from(&self, seq: u64) -> Box<dyn Iterator<Item = ScanItem> + '_>;
+    /// Calls `visit` with each entry with key `>= seq`, in ascending key order, until it
+    /// returns `false`. The value is only borrowed: an engine that can lend its own buffers
+    /// overrides this to save a copy per entry (the default goes through
+    /// [`Store::scan_from`]). Replay reads every record this way.
+    fn visit_from(
+        &self,
+        seq: u64,
+        visit: &mut dyn FnMut(u64, &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        for item in self.scan_from(seq) {
+            let (k, v) = item?;
+            if !visit(k, &v) {
+                break;
+            }
+        }
+        Ok(())
+    }
     /// The highest key, if any.
     fn last_seq(&self) -> Result<Option<u64>, StoreError>;
     /// Removes one key (not yet durable).
@@ -83,6 +100,13 @@ impl<S: Store + ?Sized> Store for Box<S> {
     }
     fn scan_from(&self, seq: u64) -> Box<dyn Iterator<Item = ScanItem> + '_> {
         (**self).scan_from(seq)
+    }
+    fn visit_from(
+        &self,
+        seq: u64,
+        visit: &mut dyn FnMut(u64, &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        (**self).visit_from(seq, visit)
     }
     fn last_seq(&self) -> Result<Option<u64>, StoreError> {
         (**self).last_seq()

@@ -133,6 +133,33 @@ proptest! {
     }
 
     #[test]
+    fn check_accepts_what_decode_accepts_and_reads_the_same_seq(rec in record()) {
+        let bytes = codec::encode(&rec).unwrap();
+        prop_assert_eq!(codec::check(&bytes).unwrap(), rec.seq());
+    }
+
+    #[test]
+    fn check_refuses_whatever_fails_before_the_body(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+        // check never panics, and a frame it refuses never decodes.
+        if codec::check(&bytes).is_err() {
+            prop_assert!(codec::decode(&bytes).is_err());
+        }
+        if let Ok(rec) = codec::decode(&bytes) {
+            prop_assert_eq!(codec::check(&bytes).unwrap(), rec.seq());
+        }
+    }
+
+    #[test]
+    fn check_on_valid_checksum_payloads_never_panics(
+        payload in proptest::collection::vec(any::<u8>(), 0..256)
+    ) {
+        let framed = framed(&payload);
+        if codec::check(&framed).is_err() {
+            prop_assert!(codec::decode(&framed).is_err());
+        }
+    }
+
+    #[test]
     fn encode_decode_round_trips(rec in record()) {
         let bytes = codec::encode(&rec).unwrap();
         prop_assert_eq!(codec::decode(&bytes).unwrap(), rec);

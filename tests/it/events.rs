@@ -583,3 +583,70 @@ fn ask(path: &std::path::Path, requests: &str) -> String {
     }
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_listen_on_protocol_2026_07_28_notifies_accepted_resources() {
+    use rmcp::model::{ProtocolVersion, ServerNotification, SubscriptionFilter};
+    use rmcp::service::{ClientLifecycleMode, serve_client_with_lifecycle};
+    use rmcp::transport::{ConfigureCommandExt, TokioChildProcess};
+
+    let f = Fixture::new("itevlisten", &["n1"]);
+    let env = f.env();
+    let cmd = tokio::process::Command::new(vmcluster_bin()).configure(move |c| {
+        c.arg("serve").env("VMCLUSTER_LOG_LEVEL", "warn");
+        for (k, v) in &env {
+            c.env(k, v);
+        }
+    });
+    let client = serve_client_with_lifecycle(
+        (),
+        TokioChildProcess::new(cmd).unwrap(),
+        ClientLifecycleMode::Discover {
+            preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+        },
+    )
+    .await
+    .expect("discover");
+    let mine = format!("vmcluster://clusters/{}/events", f.name);
+    let mut sub = client
+        .peer()
+        .listen(
+            SubscriptionFilter::builder()
+                .resource_subscription(&mine)
+                .resource_subscription("vmcluster://nope")
+                .build(),
+        )
+        .await
+        .expect("subscriptions/listen");
+    assert_eq!(
+        sub.acknowledged().resource_subscriptions,
+        Some(vec![mine.clone()]),
+        "only resources that exist are accepted"
+    );
+    let r = client
+        .peer()
+        .call_tool(
+            rmcp::model::CallToolRequestParams::new("cluster_define").with_arguments(
+                json!({"topology_name": f.name})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+            ),
+        )
+        .await
+        .expect("cluster_define");
+    assert_ne!(r.is_error, Some(true), "{r:?}");
+    let updated = tokio::time::timeout(DEADLINE, async {
+        loop {
+            match sub.next().await.expect("subscription") {
+                Some(ServerNotification::ResourceUpdatedNotification(n)) => return n.params.uri,
+                Some(_) => continue,
+                None => panic!("subscription ended"),
+            }
+        }
+    })
+    .await
+    .expect("an update notification");
+    assert_eq!(updated, mine);
+    let _ = client.cancel().await;
+}

@@ -39,6 +39,6 @@ impl VmclusterServer {
 #[tool_handler(
     router = self.tool_router,
     name = "vmcluster",
-    instructions = "vmcluster runs clusters of QEMU/KVM virtual machines through libvirt. Declare a cluster in a topology YAML file (in the server's topology_dir), then: cluster_define(topology_name) -> cluster_start(cluster_name, wait_for_ssh=true) -> cluster_status / cluster_handle -> cluster_stop -> cluster_destroy(remove_overlays=true). Every result is {success, result, error{code, message, recoverable}, op_id}; failures also set isError."
+    instructions = "vmcluster runs clusters of QEMU/KVM virtual machines through libvirt. Declare a cluster in a topology YAML file (in the server's topology_dir), then: cluster_define(topology_name) -> cluster_start(cluster_name, wait_for_ssh=true) -> cluster_status / cluster_handle -> cluster_stop -> cluster_destroy(remove_overlays=true). snapshot_create / snapshot_revert take and restore a consistent cut of every node (include_memory=true: revert resumes without reboot). Every result is {success, result, error{code, message, recoverable}, op_id}; failures also set isError."
 )]
 impl ServerHandler for VmclusterServer {}

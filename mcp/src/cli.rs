@@ -6,6 +6,9 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 use vmcluster_actors::{Engine, NodeOp, Reply, StopMode};
+use vmcluster_engine::snapshot::{
+    SnapshotDeleteResult, SnapshotInfo, SnapshotList, SnapshotRevertResult,
+};
 use vmcluster_engine::view::{ClusterHandle, ClusterList, ClusterStatus, NodeResult, NodeStatus};
 
 use crate::envelope::{Envelope, ToolError};
@@ -116,6 +119,58 @@ pub enum Command {
         /// Only this cluster's events.
         #[arg(long)]
         cluster: Option<String>,
+    },
+    /// Cluster-wide snapshots.
+    Snapshot {
+        /// What to do.
+        #[command(subcommand)]
+        action: SnapshotAction,
+    },
+}
+
+/// Snapshot verbs (the `snapshot_*` tools).
+#[derive(Debug, Subcommand)]
+pub enum SnapshotAction {
+    /// Snapshot every node as one consistent cut.
+    Create {
+        /// Cluster.
+        cluster: String,
+        /// Snapshot (or logical) name.
+        name: String,
+        /// Keep running nodes' memory: a revert resumes them without a reboot.
+        #[arg(long)]
+        memory: bool,
+        /// Free text kept with the snapshot.
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// List the cluster's snapshots.
+    List {
+        /// Cluster.
+        cluster: String,
+    },
+    /// Revert every node to a snapshot.
+    Revert {
+        /// Cluster.
+        cluster: String,
+        /// Snapshot (or logical) name.
+        name: String,
+        /// Leave every node shut off.
+        #[arg(long)]
+        no_restart: bool,
+        /// Do not wait for readiness.
+        #[arg(long)]
+        no_wait: bool,
+        /// Readiness budget in seconds.
+        #[arg(long, default_value_t = 120)]
+        ssh_timeout: u64,
+    },
+    /// Delete a snapshot from every node.
+    Delete {
+        /// Cluster.
+        cluster: String,
+        /// Snapshot (or logical) name.
+        name: String,
     },
 }
 
@@ -291,6 +346,111 @@ pub async fn run(engine: &Engine, command: Command, json: bool) -> i32 {
             };
             emit(engine.node(&cluster, &node, op).await, json, print_node)
         }
+        Command::Snapshot { action } => snapshot(engine, action, json).await,
+    }
+}
+
+async fn snapshot(engine: &Engine, action: SnapshotAction, json: bool) -> i32 {
+    use vmcluster_actors::snapshot::{CreateRequest, RevertRequest};
+    match action {
+        SnapshotAction::Create {
+            cluster,
+            name,
+            memory,
+            description,
+        } => {
+            let request = CreateRequest {
+                snapshot_name: name,
+                description,
+                include_memory: memory,
+            };
+            emit(
+                engine.snapshot_create(&cluster, request).await,
+                json,
+                print_snapshot,
+            )
+        }
+        SnapshotAction::List { cluster } => emit(
+            plain(engine.snapshot_list(&cluster).await),
+            json,
+            |l: &SnapshotList| {
+                if l.snapshots.is_empty() {
+                    println!("no snapshots of {}", l.cluster_name);
+                }
+                l.snapshots.iter().for_each(print_snapshot);
+            },
+        ),
+        SnapshotAction::Revert {
+            cluster,
+            name,
+            no_restart,
+            no_wait,
+            ssh_timeout,
+        } => {
+            let request = RevertRequest {
+                snapshot_name: name,
+                restart_after: !no_restart,
+                wait_for_ssh: !no_wait,
+                ssh_timeout: secs(ssh_timeout),
+            };
+            emit(
+                engine.snapshot_revert(&cluster, request).await,
+                json,
+                |r: &SnapshotRevertResult| {
+                    for n in &r.reverted {
+                        println!("{}/{}  {:?}", r.status.cluster_name, n.node, n.action);
+                    }
+                    print_status(&r.status);
+                },
+            )
+        }
+        SnapshotAction::Delete { cluster, name } => {
+            let reply = engine.snapshot_delete(&cluster, &name).await;
+            // A node that could not delete it fails the verb, as it fails the tool.
+            let failed = matches!(&reply.result, Ok(r) if !r.all_deleted);
+            let code = emit(reply, json, |r: &SnapshotDeleteResult| {
+                for n in &r.nodes {
+                    println!(
+                        "{}/{}  {}  {:?}{}",
+                        r.cluster_name,
+                        n.node,
+                        r.snapshot_name,
+                        n.status,
+                        n.error
+                            .as_deref()
+                            .map(|e| format!(": {e}"))
+                            .unwrap_or_default()
+                    );
+                }
+            });
+            if failed { 1 } else { code }
+        }
+    }
+}
+
+fn print_snapshot(s: &SnapshotInfo) {
+    println!(
+        "{}  {}{}  created {}  {}{}",
+        s.cluster_name,
+        s.snapshot_name,
+        if s.logical_names.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", s.logical_names.join(", "))
+        },
+        s.created_at.as_deref().unwrap_or("?"),
+        if s.complete { "complete" } else { "INCOMPLETE" },
+        s.description
+            .as_deref()
+            .map(|d| format!("  {d:?}"))
+            .unwrap_or_default()
+    );
+    for n in &s.nodes {
+        let kind = n
+            .kind
+            .map(|k| format!("{k:?}").to_lowercase())
+            .unwrap_or_else(|| "missing".into());
+        println!("  {:<14} {kind}", n.node);
     }
 }
 

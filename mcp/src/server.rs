@@ -19,7 +19,7 @@ use vmcluster_actors::Engine;
 use crate::resources;
 
 /// What the server tells clients about itself.
-const INSTRUCTIONS: &str = "vmcluster runs clusters of QEMU/KVM virtual machines through libvirt. Declare a cluster in a topology YAML file (in the server's topology_dir), then: cluster_define(topology_name) -> cluster_start(cluster_name, wait_for_ssh=true) -> cluster_status / cluster_handle -> cluster_stop -> cluster_destroy(remove_overlays=true). Every result is {success, result, error{code, message, recoverable}, op_id}; failures also set isError. Every state change is an event: read them with events_read, or subscribe to the resource vmcluster://events (or vmcluster://clusters/{name}/events). A truncated node_exec output names a resource (stdout_uri / stderr_uri) holding it in full.";
+const INSTRUCTIONS: &str = "vmcluster runs clusters of QEMU/KVM virtual machines through libvirt. Declare a cluster in a topology YAML file (in the server's topology_dir), then: cluster_define(topology_name) -> cluster_start(cluster_name, wait_for_ssh=true) -> cluster_status / cluster_handle -> cluster_stop -> cluster_destroy(remove_overlays=true). snapshot_create / snapshot_revert take and restore a consistent cut of every node (include_memory=true: revert resumes without reboot). Every result is {success, result, error{code, message, recoverable}, op_id}; failures also set isError. Every state change is an event: read them with events_read, or subscribe to the resource vmcluster://events (or vmcluster://clusters/{name}/events). A truncated node_exec output names a resource (stdout_uri / stderr_uri) holding it in full.";
 
 /// The vmcluster MCP server.
 #[derive(Debug, Clone)]

@@ -87,6 +87,41 @@ fn json_status_of_an_unknown_cluster_exits_1_with_not_found() {
 }
 
 #[test]
+fn snapshot_verbs_answer_with_the_tools_envelopes() {
+    let f = Fixture::new("itclisnap", &["n1"]);
+    assert_eq!(json(&f, &["define", &f.name]).0, 0);
+    let (code, v) = json(&f, &["snapshot", "list", &f.name]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["result"]["snapshots"], Value::Array(vec![]), "{v}");
+    let (code, v) = json(&f, &["snapshot", "create", &f.name, "../x", "--memory"]);
+    assert_eq!(
+        (code, &v["error"]["code"]),
+        (1, &Value::from("INVALID_ARGUMENT")),
+        "{v}"
+    );
+    assert_eq!(v["op_id"], Value::Null, "refused before journaling");
+    let (code, v) = json(&f, &["snapshot", "revert", "ghost", "s1"]);
+    assert_eq!(
+        (code, &v["error"]["code"]),
+        (1, &Value::from("NOT_FOUND")),
+        "{v}"
+    );
+    let (code, v) = json(&f, &["snapshot", "delete", &f.name, "baseline"]);
+    assert_eq!(
+        (code, &v["error"]["code"]),
+        (1, &Value::from("NOT_FOUND")),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("clean-boot (logical name baseline)"),
+        "{v}"
+    );
+}
+
+#[test]
 fn json_invalid_topology_lists_its_violations() {
     let f = Fixture::new("itcliinv", &["n1", "n2"]);
     f.write_topology(f.yaml(512).replace("name: n2", "name: n1"));

@@ -3,7 +3,10 @@
 //! nodes, what a revert does to each node, refusals that change nothing, a failure on one node
 //! that leaves no snapshot anywhere, and delete with per-node status.
 
+use std::collections::BTreeSet;
+
 use serde_json::{Value, json};
+use vmcluster_journal::{BodyV1, ObjectKind};
 use vmcluster_tests::McpClient;
 
 use crate::{Fixture, eventually};
@@ -240,6 +243,56 @@ async fn snapshots_round_trip_on_the_test_driver() {
     let list = c.call("snapshot_list", json!({"cluster_name": name})).await;
     assert_eq!(list.code(), "NOT_FOUND");
     c.close().await;
+
+    // Everything was journaled: each node's steps, and the snapshots as owned objects.
+    let dir = f.scratch.path().join("state").join("journal");
+    let (journal, _) = eventually("the server to release its journal", || async {
+        vmcluster_journal::Journal::open(&dir).ok()
+    })
+    .await;
+    let (mut steps, mut created, mut removed) = (BTreeSet::new(), Vec::new(), Vec::new());
+    for rec in journal.iter_all() {
+        match rec.expect("journal record").body {
+            BodyV1::StepStarted { step, node, .. } => {
+                steps.insert(format!("{step}:{}", node.unwrap_or_default()));
+            }
+            BodyV1::ObjectCreated {
+                kind: ObjectKind::Snapshot,
+                id,
+                ..
+            } => created.push(id),
+            BodyV1::ObjectRemoved {
+                kind: ObjectKind::Snapshot,
+                id,
+                ..
+            } => removed.push(id),
+            _ => {}
+        }
+    }
+    for step in [
+        "suspend_domain:n1",
+        "create_snapshot:n2",
+        "resume_domain:n2",
+        "sync_disks:n1",
+        "revert_snapshot:n2",
+        "delete_snapshot:n1",
+    ] {
+        assert!(steps.contains(step), "{step} not journaled: {steps:?}");
+    }
+    created.sort();
+    assert_eq!(
+        created,
+        [
+            "n1/clean-boot",
+            "n1/mixed",
+            "n1/s1",
+            "n2/clean-boot",
+            "n2/mixed",
+            "n2/s1"
+        ]
+    );
+    removed.sort();
+    assert_eq!(removed, ["n1/clean-boot", "n2/clean-boot"]);
 }
 
 /// A failpoint makes n2's snapshot step fail after libvirt took it: the create fails naming
@@ -280,4 +333,67 @@ async fn a_create_that_fails_on_one_node_leaves_no_snapshot() {
     assert!(names(&c, name).await.is_empty(), "a snapshot survived");
     assert_eq!(states(&c, name).await, ["running", "running", "running"]);
     c.close().await;
+}
+
+/// A node whose revert keeps failing is retried, then named; the others are reverted (the call
+/// finishes what it can rather than stopping half way).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revert_that_keeps_failing_on_one_node_names_it_after_retries() {
+    let f = Fixture::new("itsnaprev", &["n1", "n2"]);
+    let name = f.name.as_str();
+    let mut env = f.env();
+    env.push((
+        "VMCLUSTER_FAILPOINTS".into(),
+        "revert_snapshot:n2=error".into(),
+    ));
+    let c = McpClient::spawn(&env).await;
+    c.call("cluster_define", json!({"topology_name": name}))
+        .await
+        .ok();
+    c.call(
+        "cluster_start",
+        json!({"cluster_name": name, "wait_for_ssh": false}),
+    )
+    .await
+    .ok();
+    c.call(
+        "snapshot_create",
+        json!({"cluster_name": name, "snapshot_name": "s1", "include_memory": true}),
+    )
+    .await
+    .ok();
+    let r = c
+        .call(
+            "snapshot_revert",
+            json!({"cluster_name": name, "snapshot_name": "s1", "wait_for_ssh": false}),
+        )
+        .await;
+    let err = r.err();
+    assert_eq!(err["node"], "n2", "{err}");
+    assert_eq!(err["nodes"].as_array().unwrap().len(), 1, "{err}");
+    assert!(
+        err["message"].as_str().unwrap().contains("revert_snapshot"),
+        "{err}"
+    );
+    assert!(r.envelope["op_id"].is_string());
+    c.close().await;
+    let dir = f.scratch.path().join("state").join("journal");
+    let (journal, _) = eventually("the server to release its journal", || async {
+        vmcluster_journal::Journal::open(&dir).ok()
+    })
+    .await;
+    let attempts = |node: &str| {
+        journal
+            .iter_all()
+            .filter(|r| {
+                matches!(&r.as_ref().unwrap().body,
+                    BodyV1::StepStarted { step, node: Some(n), .. } if step == "revert_snapshot" && n == node)
+            })
+            .count()
+    };
+    assert_eq!(
+        (attempts("n1"), attempts("n2")),
+        (1, 3),
+        "n2 retried, n1 done once"
+    );
 }

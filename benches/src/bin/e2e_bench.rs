@@ -11,6 +11,9 @@
 //! - `node_exec true` over the pooled session against a freshly spawned `ssh node true`, and
 //!   `node_exec_all true` on 3 nodes against one `node_exec`;
 //! - `node_upload` and `node_download` of 16 MiB (SFTP, the node's `sha256sum` check included).
+//! - `snapshot_create` and `snapshot_revert` (to every node ready again) on 1 node and on 3,
+//!   with memory and disk-only (median of a few runs each), and the by-hand floor of a memory
+//!   revert: `virsh snapshot-revert --running` of every domain at once plus the `ssh true` poll.
 //!
 //! Runs only inside the isolated test host (`scripts/bench` takes care of it).
 
@@ -21,6 +24,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use vmcluster_actors::exec::ExecRequest;
 use vmcluster_actors::files::{Direction, Transfer};
+use vmcluster_actors::snapshot::{CreateRequest, RevertRequest};
 use vmcluster_actors::{Engine, StopMode};
 use vmcluster_benches::percentiles_us;
 use vmcluster_tests::{Scratch, TopologySpec, topology_yaml};
@@ -78,6 +82,119 @@ fn floor(domains: &[String], ips: &[String], key: &Path) -> Duration {
         h.join().unwrap();
     }
     t0.elapsed()
+}
+
+/// Median of `d`.
+fn median(d: &mut [Duration]) -> Duration {
+    d.sort();
+    d[d.len() / 2]
+}
+
+/// Median times of snapshot create and revert on `cluster` (running, every node ready):
+/// `(create, revert)` with memory, then disk-only.
+async fn snapshot_times(engine: &Engine, cluster: &str, runs: usize) -> [(Duration, Duration); 2] {
+    let mut out = [(Duration::ZERO, Duration::ZERO); 2];
+    for (i, include_memory) in [true, false].into_iter().enumerate() {
+        let (mut creates, mut reverts) = (Vec::new(), Vec::new());
+        for r in 0..runs {
+            let name = format!("bench-{include_memory}-{r}");
+            let t = Instant::now();
+            engine
+                .snapshot_create(
+                    cluster,
+                    CreateRequest {
+                        snapshot_name: name.clone(),
+                        description: None,
+                        include_memory,
+                    },
+                )
+                .await
+                .result
+                .expect("snapshot create");
+            creates.push(t.elapsed());
+            let t = Instant::now();
+            engine
+                .snapshot_revert(
+                    cluster,
+                    RevertRequest {
+                        snapshot_name: name.clone(),
+                        restart_after: true,
+                        wait_for_ssh: true,
+                        ssh_timeout: Duration::from_secs(300),
+                    },
+                )
+                .await
+                .result
+                .expect("snapshot revert");
+            reverts.push(t.elapsed());
+            engine
+                .snapshot_delete(cluster, &name)
+                .await
+                .result
+                .expect("snapshot delete");
+        }
+        out[i] = (median(&mut creates), median(&mut reverts));
+    }
+    out
+}
+
+/// The by-hand floor of a memory revert: `virsh snapshot-revert --running` of every domain at
+/// once, then `ssh true` polled every 200 ms until every node answers. Median of `runs`.
+fn revert_floor(
+    domains: &[String],
+    ips: &[String],
+    key: &Path,
+    snapshot: &str,
+    runs: usize,
+) -> Duration {
+    let mut times = Vec::new();
+    for _ in 0..runs {
+        let t0 = Instant::now();
+        let reverts: Vec<_> = domains
+            .iter()
+            .map(|d| {
+                Command::new("virsh")
+                    .args([
+                        "-q",
+                        "-c",
+                        "qemu:///system",
+                        "snapshot-revert",
+                        d,
+                        snapshot,
+                        "--running",
+                    ])
+                    .spawn()
+                    .expect("virsh")
+            })
+            .collect();
+        for mut r in reverts {
+            assert!(r.wait().unwrap().success(), "virsh snapshot-revert failed");
+        }
+        let polls: Vec<_> = ips
+            .iter()
+            .map(|ip| {
+                let (ip, key) = (ip.clone(), key.to_owned());
+                std::thread::spawn(move || {
+                    while !ssh_true(&key, &ip) {
+                        assert!(
+                            t0.elapsed() < Duration::from_secs(300),
+                            "{ip} never answered"
+                        );
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                })
+            })
+            .collect();
+        for p in polls {
+            p.join().unwrap();
+        }
+        times.push(t0.elapsed());
+    }
+    median(&mut times)
+}
+
+fn ratio(a: Duration, b: Duration) -> f64 {
+    (a.as_secs_f64() / b.as_secs_f64() * 100.0).round() / 100.0
 }
 
 async fn status_latency(engine: &Engine, cluster: &str, n: usize) -> (f64, f64, f64) {
@@ -270,6 +387,50 @@ async fn main() {
         &key,
     );
 
+    for d in ["f3_n1", "f3_n2", "f3_n3"] {
+        virsh(&["destroy", d]);
+    }
+
+    // Snapshots, one cluster running at a time: 1 node, then 3.
+    const SNAPSHOT_RUNS: usize = 3;
+    let mut snaps = Vec::new();
+    let mut floors = Vec::new();
+    for (cluster, octet, n) in [("b1", 131, 1), ("b3", 133, 3)] {
+        engine
+            .start_cluster(cluster, true, budget)
+            .await
+            .result
+            .expect("start for snapshots");
+        snaps.push(snapshot_times(&engine, cluster, SNAPSHOT_RUNS).await);
+        let floor = CreateRequest {
+            snapshot_name: "floor".into(),
+            description: None,
+            include_memory: true,
+        };
+        engine
+            .snapshot_create(cluster, floor)
+            .await
+            .result
+            .expect("floor snapshot");
+        let domains: Vec<String> = (1..=n).map(|i| format!("{cluster}_n{i}")).collect();
+        let ips: Vec<String> = (1..=n)
+            .map(|i| format!("192.168.{octet}.{}", 10 + i))
+            .collect();
+        floors.push(revert_floor(&domains, &ips, &key, "floor", SNAPSHOT_RUNS));
+        engine
+            .snapshot_delete(cluster, "floor")
+            .await
+            .result
+            .expect("delete floor snapshot");
+        engine
+            .stop_cluster(cluster, StopMode::Destroy, budget)
+            .await
+            .result
+            .expect("stop after snapshots");
+    }
+    let [[(cm1, rm1), (cd1, rd1)], [(cm3, rm3), (cd3, rd3)]] = [snaps[0], snaps[1]];
+    let pair = |one: Duration, three: Duration| json!({ "nodes_1": secs(one), "nodes_3": secs(three), "ratio_3_over_1": ratio(three, one) });
+
     for (name, _, _) in names {
         engine.destroy(name, true).await.result.expect("destroy");
     }
@@ -315,7 +476,18 @@ async fn main() {
             "download_s": secs(download),
             "download_mib_per_s": mib_s(download),
         },
+        "snapshot_s": {
+            "what": "median of 3 runs; create = pause, snapshot, resume every node; revert = until every node is ready again (memory: resumed in place; disk: powered off and booted)",
+            "create_with_memory": pair(cm1, cm3),
+            "revert_with_memory": pair(rm1, rm3),
+            "revert_with_memory_by_hand_floor": pair(floors[0], floors[1]),
+            "revert_with_memory_over_floor": { "nodes_1": ratio(rm1, floors[0]), "nodes_3": ratio(rm3, floors[1]) },
+            "create_disk_only": pair(cd1, cd3),
+            "revert_disk_only": pair(rd1, rd3),
+        },
         "targets": {
+            "snapshot_create_3_le_1.3x_1": cm3.as_secs_f64() <= 1.3 * cm1.as_secs_f64() && cd3.as_secs_f64() <= 1.3 * cd1.as_secs_f64(),
+            "snapshot_revert_3_le_1.3x_1": rm3.as_secs_f64() <= 1.3 * rm1.as_secs_f64() && rd3.as_secs_f64() <= 1.3 * rd1.as_secs_f64(),
             "node_exec_le_0.1x_fresh_ssh": exec_p50 <= 0.1 * ssh_p50,
             "node_exec_all_3_le_1.3x_node_exec": all_p50 <= 1.3 * exec_p50,
             "cluster_status_p50_le_2ms": up_p50 <= 2000.0 && dead_p50 <= 2000.0,

@@ -17,7 +17,7 @@
 //! Registry changes made by a command come back to the actor as messages, so the actor remains
 //! the only writer of its state.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -1635,6 +1635,16 @@ async fn roll_forward(ctx: &Ctx, op: &Op, info: &OpInfo) -> Result<serde_json::V
                 .await
                 .map(|r| serde_json::to_value(r).unwrap_or_default())
         }
+        "snapshot_revert" => {
+            let done: BTreeSet<String> = info
+                .steps
+                .iter()
+                .filter(|s| s.step == "revert_snapshot" && s.state == StepState::Succeeded)
+                .filter_map(|s| s.node.clone())
+                .collect();
+            crate::snapshot::roll_forward_revert(ctx, op, cluster, &params, &done).await
+        }
+        "snapshot_delete" => crate::snapshot::roll_forward_delete(ctx, op, cluster, &params).await,
         other => Err(EngineError::Internal(format!(
             "no way to finish a {other} operation"
         ))),

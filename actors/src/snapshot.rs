@@ -609,54 +609,7 @@ pub(crate) async fn revert(
     let spec = resolved.spec.clone();
     let real = snap::resolve_name(&spec.snapshots, &req.snapshot_name);
     let _guard = ctx.lock(&spec.name).await;
-    let checked = async {
-        let nodes = gather(&ctx, &spec, false).await?;
-        let ledger = ledger(&ctx.journal, &spec.name)?;
-        let info = info(&spec, &real, &nodes, ledger.get(&real));
-        let missing: Vec<&str> = info
-            .nodes
-            .iter()
-            .filter(|n| !n.present)
-            .map(|n| n.node.as_str())
-            .collect();
-        if missing.len() == info.nodes.len() {
-            return Err(EngineError::NotFound {
-                kind: "snapshot",
-                name: shown(&real, &req.snapshot_name),
-            });
-        }
-        if !missing.is_empty() {
-            return Err(EngineError::FailedPrecondition(format!(
-                "Snapshot {} is incomplete: node(s) {} do not hold it; nothing was reverted",
-                shown(&real, &req.snapshot_name),
-                missing.join(", ")
-            )));
-        }
-        if !info.complete {
-            return Err(EngineError::FailedPrecondition(format!(
-                "Snapshot {} is incomplete: its creation did not finish; nothing was reverted",
-                shown(&real, &req.snapshot_name)
-            )));
-        }
-        let l = ledger.get(&real);
-        let plan: Vec<NodePlan> = info
-            .nodes
-            .iter()
-            .zip(&nodes)
-            .map(|(n, ns)| NodePlan {
-                node: n.node.clone(),
-                action: snap::revert_action(
-                    n.domain_state.unwrap_or(DomainState::ShutOff),
-                    n.kind.unwrap_or(snap::SnapshotKind::Disk),
-                    req.restart_after,
-                ),
-                has_memory: ns.metas.iter().any(|m| m.name == real && m.has_memory),
-                unpin: l.is_some_and(|l| !l.pinned.contains(&n.node)),
-            })
-            .collect();
-        Ok(plan)
-    }
-    .await;
+    let checked = revert_plan(&ctx, &spec, &real, &req.snapshot_name, req.restart_after).await;
     let plan = match checked {
         Ok(p) => p,
         Err(e) => return Reply::refused(e),
@@ -679,6 +632,62 @@ pub(crate) async fn revert(
         op_id: Some(op.id),
         result,
     }
+}
+
+/// Checks that `real` is whole on every node (present everywhere, its creation finished) and
+/// says how each node is to be reverted. Reads only; the same answer at restart as at the call.
+async fn revert_plan(
+    ctx: &Ctx,
+    spec: &ClusterSpec,
+    real: &str,
+    requested: &str,
+    restart_after: bool,
+) -> Result<Vec<NodePlan>> {
+    let nodes = gather(ctx, spec, false).await?;
+    let ledger = ledger(&ctx.journal, &spec.name)?;
+    let info = info(spec, real, &nodes, ledger.get(real));
+    let missing: Vec<&str> = info
+        .nodes
+        .iter()
+        .filter(|n| !n.present)
+        .map(|n| n.node.as_str())
+        .collect();
+    if missing.len() == info.nodes.len() {
+        return Err(EngineError::NotFound {
+            kind: "snapshot",
+            name: shown(real, requested),
+        });
+    }
+    if !missing.is_empty() {
+        return Err(EngineError::FailedPrecondition(format!(
+            "Snapshot {} is incomplete: node(s) {} do not hold it; nothing was reverted",
+            shown(real, requested),
+            missing.join(", ")
+        )));
+    }
+    if !info.complete {
+        return Err(EngineError::FailedPrecondition(format!(
+            "Snapshot {} is incomplete: its creation did not finish; nothing was reverted",
+            shown(real, requested)
+        )));
+    }
+    let l = ledger.get(real);
+    let plan: Vec<NodePlan> = info
+        .nodes
+        .iter()
+        .zip(&nodes)
+        .map(|(n, ns)| NodePlan {
+            node: n.node.clone(),
+            action: snap::revert_action(
+                n.domain_state.unwrap_or(DomainState::ShutOff),
+                n.kind.unwrap_or(snap::SnapshotKind::Disk),
+                restart_after,
+            ),
+            has_memory: ns.metas.iter().any(|m| m.name == real && m.has_memory),
+            unpin: l.is_some_and(|l| !l.pinned.contains(&n.node)),
+        })
+        .collect();
+    Ok(plan)
 }
 
 /// What reverting one node takes.
@@ -889,30 +898,7 @@ pub(crate) async fn delete(
         Ok(op) => op,
         Err(e) => return Reply::refused(e),
     };
-    let steps: Vec<Step> = holding
-        .iter()
-        .filter(|(_, y)| *y)
-        .map(|(n, _)| Step::DeleteSnapshot(n.clone()))
-        .collect();
-    let real_ref = &real;
-    let spec_ref = &spec;
-    let ctx_ref = &ctx;
-    let op_ref = &op;
-    let mut outcomes: HashMap<String, Result<bool>> = run_phase(&op, &steps, |node| async move {
-        let gone = ctx_ref
-            .virt
-            .delete_snapshot(domain_of(spec_ref, &node)?, real_ref)
-            .await?;
-        if gone {
-            op_ref
-                .removed(ObjectKind::Snapshot, format!("{node}/{real_ref}"))
-                .await?;
-        }
-        Ok(gone)
-    })
-    .await
-    .into_iter()
-    .collect();
+    let mut outcomes = delete_on(&ctx, &op, &spec, &real, &holding).await;
     let nodes: Vec<NodeDelete> = spec
         .nodes
         .iter()
@@ -950,4 +936,86 @@ pub(crate) async fn delete(
         op_id: Some(op.id),
         result: Ok(result),
     }
+}
+
+/// Deletes `real` from every node of `holding` that holds it, journaling each removal; each
+/// node's answer: deleted (`true`), already gone (`false`), or the error.
+async fn delete_on(
+    ctx: &Ctx,
+    op: &Op,
+    spec: &ClusterSpec,
+    real: &str,
+    holding: &[(String, bool)],
+) -> HashMap<String, Result<bool>> {
+    let steps: Vec<Step> = holding
+        .iter()
+        .filter(|(_, y)| *y)
+        .map(|(n, _)| Step::DeleteSnapshot(n.clone()))
+        .collect();
+    run_phase(op, &steps, |node| async move {
+        let gone = ctx
+            .virt
+            .delete_snapshot(domain_of(spec, &node)?, real)
+            .await?;
+        if gone {
+            op.removed(ObjectKind::Snapshot, format!("{node}/{real}"))
+                .await?;
+        }
+        Ok(gone)
+    })
+    .await
+    .into_iter()
+    .collect()
+}
+
+/// Restart's roll-forward of a `snapshot_revert` cut short: the nodes whose revert step did
+/// not finish are reverted again from the snapshot (the plan is read from the snapshot and the
+/// ledger, so it is the one the call made), without waiting for readiness.
+pub(crate) async fn roll_forward_revert(
+    ctx: &Ctx,
+    op: &Op,
+    cluster: &str,
+    params: &serde_json::Value,
+    done: &BTreeSet<String>,
+) -> Result<serde_json::Value> {
+    let resolved = ctx.resolve(cluster).await?;
+    let real = params["snapshot_name"].as_str().unwrap_or_default();
+    check_name(real)?;
+    let restart_after = params["restart_after"].as_bool().unwrap_or(true);
+    let mut plan = revert_plan(ctx, &resolved.spec, real, real, restart_after).await?;
+    plan.retain(|p| !done.contains(&p.node));
+    let req = RevertRequest {
+        snapshot_name: real.to_owned(),
+        restart_after,
+        wait_for_ssh: false,
+        ssh_timeout: Duration::from_secs(params["ssh_timeout_s"].as_u64().unwrap_or(120)),
+    };
+    let r = revert_all(ctx, op, &resolved, real, &req, &plan).await?;
+    Ok(serde_json::to_value(r).unwrap_or_default())
+}
+
+/// Restart's roll-forward of a `snapshot_delete` cut short: every node still holding the
+/// snapshot loses it.
+pub(crate) async fn roll_forward_delete(
+    ctx: &Ctx,
+    op: &Op,
+    cluster: &str,
+    params: &serde_json::Value,
+) -> Result<serde_json::Value> {
+    let resolved = ctx.resolve(cluster).await?;
+    let real = params["snapshot_name"].as_str().unwrap_or_default();
+    check_name(real)?;
+    let holding = holders(ctx, &resolved.spec, real).await?;
+    let failures: Vec<(String, EngineError)> = delete_on(ctx, op, &resolved.spec, real, &holding)
+        .await
+        .into_iter()
+        .filter_map(|(n, r)| r.err().map(|e| (n, e)))
+        .collect();
+    if !failures.is_empty() {
+        return Err(EngineError::Nodes {
+            total: holding.len(),
+            failures,
+        });
+    }
+    Ok(json!({ "cluster_name": cluster, "snapshot_name": real }))
 }

@@ -500,10 +500,7 @@ impl Store for GatedStore {
 async fn appends_queued_during_a_flush_share_the_next_flush() {
     let store = GatedStore {
         inner: MemStore::new(),
-        gate: Arc::new((
-            std::sync::Mutex::new((true, 0)),
-            std::sync::Condvar::new(),
-        )),
+        gate: Arc::new((std::sync::Mutex::new((true, 0)), std::sync::Condvar::new())),
     };
     let (j, _) = Journal::open_store(store.clone()).unwrap();
     store.set_open(false);
@@ -522,7 +519,10 @@ async fn appends_queued_during_a_flush_share_the_next_flush() {
     let mut rest: Vec<_> = (1..=10).map(|i| Box::pin(j.append(step(i)))).collect();
     std::future::poll_fn(|cx| {
         for f in rest.iter_mut() {
-            assert!(f.as_mut().poll(cx).is_pending(), "acknowledged before its flush");
+            assert!(
+                f.as_mut().poll(cx).is_pending(),
+                "acknowledged before its flush"
+            );
         }
         std::task::Poll::Ready(())
     })

@@ -3,7 +3,9 @@
 //! after the step's side effect. After each, a fresh server restarts on the same journal and
 //! settles the operation; the test then checks that the host and the journal agree: the cluster
 //! is complete or entirely absent, nothing owned is left behind, and the journal records the
-//! operation's outcome.
+//! operation's outcome. The second sweep does the same for `snapshot_create` (rolled back: no
+//! snapshot, no paused node), `snapshot_revert` (rolled forward: the node is at the cut) and
+//! `snapshot_delete` (rolled forward: the snapshot is gone).
 
 use serde_json::{Value, json};
 use vmcluster_tests::{McpClient, Scratch};
@@ -12,32 +14,42 @@ use crate::{cluster_scratch, host_objects, preflight};
 
 const NAME: &str = "kp";
 
-fn env(s: &Scratch, failpoint: Option<&str>) -> Vec<(String, String)> {
+/// The server's environment, with `failpoints` (a `VMCLUSTER_FAILPOINTS` value) if any.
+fn env(s: &Scratch, failpoints: Option<&str>) -> Vec<(String, String)> {
     let mut env = s.env("qemu:///system");
-    if let Some(f) = failpoint {
-        env.push(("VMCLUSTER_FAILPOINTS".into(), format!("{f}=abort")));
+    if let Some(f) = failpoints {
+        env.push(("VMCLUSTER_FAILPOINTS".into(), f.to_owned()));
     }
     env
 }
 
 /// Runs `tool` in a server that aborts at `failpoint`; returns once the server is gone.
 async fn kill_at(s: &Scratch, failpoint: &str, tool: &str, args: Value) {
-    let c = McpClient::spawn(&env(s, Some(failpoint))).await;
+    kill_with(s, &format!("{failpoint}=abort"), tool, args).await;
+}
+
+/// Runs `tool` in a server with `failpoints`, one of which aborts it; returns once it is gone.
+async fn kill_with(s: &Scratch, failpoints: &str, tool: &str, args: Value) {
+    let c = McpClient::spawn(&env(s, Some(failpoints))).await;
     let r = c.try_call(tool, args).await;
     assert!(
         r.is_none(),
-        "{failpoint}: the server should have aborted, answered {:?}",
+        "{failpoints}: the server should have aborted, answered {:?}",
         r.map(|r| r.envelope)
     );
     c.close().await;
 }
 
-/// The newest operation of the cluster, as a restarted server reports it.
-async fn last_op(c: &McpClient) -> Value {
+/// The newest operation of `cluster`, as a restarted server reports it.
+async fn newest_op(c: &McpClient, cluster: &str) -> Value {
     let l = c
-        .call("op_list", json!({"cluster_name": NAME, "limit": 1}))
+        .call("op_list", json!({"cluster_name": cluster, "limit": 1}))
         .await;
     l.ok()["ops"][0].clone()
+}
+
+async fn last_op(c: &McpClient) -> Value {
+    newest_op(c, NAME).await
 }
 
 #[track_caller]
@@ -159,5 +171,128 @@ async fn a_kill_at_any_step_leaves_host_and_journal_in_agreement() {
     }
     let c = McpClient::spawn(&env(&s, None)).await;
     crate::destroy_and_check_clean(&c, &s, NAME).await;
+    c.close().await;
+}
+
+const SNAP: &str = "kps";
+
+/// `command` on the snapshot sweep's node (waiting for its session); its trimmed stdout.
+async fn on_node(c: &McpClient, command: &str) -> String {
+    let r = c
+        .call(
+            "node_exec",
+            json!({"cluster_name": SNAP, "node_name": "n1", "command": command, "timeout_s": 180}),
+        )
+        .await;
+    let r = r.ok();
+    assert_eq!(r["exit_code"], 0, "{command}: {r}");
+    r["stdout"].as_str().unwrap().trim().to_owned()
+}
+
+/// The snapshots libvirt holds for the sweep's node, sorted.
+fn snapshots() -> Vec<String> {
+    let mut v = crate::virsh(&["snapshot-list", "--name", &format!("{SNAP}_n1")]);
+    v.sort();
+    v
+}
+
+#[track_caller]
+fn check_settled(op: &Value, tool: &str, outcome: &str, what: &str) {
+    assert_eq!(op["tool"], tool, "{what}: {op}");
+    assert_eq!(op["state"], "finished", "{what}: {op}");
+    assert_eq!(op["outcome"], outcome, "{what}: {op}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_during_a_snapshot_is_settled() {
+    let g = preflight();
+    let s = cluster_scratch(&g, SNAP, 144, &["n1"]);
+    let c = crate::up(&s, SNAP).await;
+    on_node(&c, "echo cut > /root/state; sync").await;
+    let create = |name: &str, memory: bool| json!({"cluster_name": SNAP, "snapshot_name": name, "include_memory": memory});
+    c.call("snapshot_create", create("base", true)).await.ok();
+    c.close().await;
+    let domain = format!("{SNAP}_n1");
+    let running = || crate::virsh(&["domstate", &domain]).join(" ");
+
+    // snapshot_create: a kill anywhere is rolled back: no new snapshot, the node runs again.
+    let mut cases: Vec<(String, bool)> = points(&[
+        ("suspend_domain", true),
+        ("create_snapshot", true),
+        ("resume_domain", true),
+    ])
+    .into_iter()
+    .map(|p| (format!("{p}=abort"), true))
+    .collect();
+    cases.extend(
+        points(&[("sync_disks", true)])
+            .into_iter()
+            .map(|p| (format!("{p}=abort"), false)),
+    );
+    // A kill while a failed create is deleting what it made.
+    cases.push((
+        "create_snapshot:n1@after=error,delete_snapshot:n1@before=abort".into(),
+        true,
+    ));
+    for (spec, memory) in cases {
+        kill_with(&s, &spec, "snapshot_create", create("x", memory)).await;
+        let c = McpClient::spawn(&env(&s, None)).await;
+        check_settled(
+            &newest_op(&c, SNAP).await,
+            "snapshot_create",
+            "not_applied",
+            &spec,
+        );
+        assert_eq!(snapshots(), ["base"], "{spec}");
+        assert_eq!(running(), "running", "{spec}: a paused node is resumed");
+        let list = c.call("snapshot_list", json!({"cluster_name": SNAP})).await;
+        assert_eq!(
+            list.ok()["snapshots"].as_array().unwrap().len(),
+            1,
+            "{spec}"
+        );
+        c.close().await;
+    }
+
+    // snapshot_revert: a kill anywhere is rolled forward: the node is back at the cut.
+    for p in points(&[("revert_snapshot", true)]) {
+        let c = McpClient::spawn(&env(&s, None)).await;
+        on_node(&c, "echo later > /root/state; sync").await;
+        c.close().await;
+        kill_at(
+            &s,
+            &p,
+            "snapshot_revert",
+            json!({"cluster_name": SNAP, "snapshot_name": "base"}),
+        )
+        .await;
+        let c = McpClient::spawn(&env(&s, None)).await;
+        check_settled(&newest_op(&c, SNAP).await, "snapshot_revert", "applied", &p);
+        assert_eq!(on_node(&c, "cat /root/state").await, "cut", "{p}");
+        assert_eq!(running(), "running", "{p}");
+        c.close().await;
+    }
+
+    // snapshot_delete: a kill anywhere is rolled forward: the snapshot is gone.
+    for p in points(&[("delete_snapshot", true)]) {
+        let c = McpClient::spawn(&env(&s, None)).await;
+        c.call("snapshot_create", create("d", false)).await.ok();
+        c.close().await;
+        assert_eq!(snapshots(), ["base", "d"], "{p}");
+        kill_at(
+            &s,
+            &p,
+            "snapshot_delete",
+            json!({"cluster_name": SNAP, "snapshot_name": "d"}),
+        )
+        .await;
+        let c = McpClient::spawn(&env(&s, None)).await;
+        check_settled(&newest_op(&c, SNAP).await, "snapshot_delete", "applied", &p);
+        assert_eq!(snapshots(), ["base"], "{p}");
+        c.close().await;
+    }
+
+    let c = McpClient::spawn(&env(&s, None)).await;
+    crate::destroy_and_check_clean(&c, &s, SNAP).await;
     c.close().await;
 }

@@ -98,12 +98,14 @@ async fn a_dropped_session_is_reestablished_and_commands_wait_for_it() {
     crate::destroy_and_check_clean(&c, &s, name).await;
     c.close().await;
 
-    // The journal tells the story as node events.
+    // The journal tells the session's story as node events (among the state changes).
     let (journal, _) = Journal::open(&s.path().join("state/journal")).expect("open journal");
     let events: Vec<String> = journal
         .iter_all()
         .filter_map(|r| match r.expect("record").body {
-            BodyV1::NodeEvent { node, kind, .. } if node == "n1" => Some(kind),
+            BodyV1::NodeEvent { node, kind, .. } if node == "n1" && kind.starts_with("ssh_") => {
+                Some(kind)
+            }
             _ => None,
         })
         .collect();

@@ -1,6 +1,7 @@
 //! The command line: `vmcluster serve` (MCP over stdio) and one verb per tool, on the same
 //! engine. Human-readable output by default; `--json` prints the tool's envelope instead.
 
+use std::fmt::Write as _;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -14,6 +15,23 @@ use vmcluster_engine::view::{ClusterHandle, ClusterList, ClusterStatus, NodeResu
 use crate::envelope::{Envelope, ToolError};
 
 pub mod events;
+
+/// What a verb prints: a verb runs in this process or, when a server runs, inside the server
+/// (over its control socket), and either way its text comes back here.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Output {
+    /// For standard output.
+    pub stdout: String,
+    /// For standard error.
+    pub stderr: String,
+}
+
+/// `writeln!` into a `String` (which cannot fail).
+macro_rules! outln {
+    ($o:expr, $($t:tt)*) => {{
+        let _ = writeln!($o, $($t)*);
+    }};
+}
 
 /// Command-line arguments.
 #[derive(Debug, Parser)]
@@ -242,15 +260,18 @@ fn secs(s: u64) -> Duration {
 }
 
 /// Runs one CLI verb (not `serve`) and returns the process exit code.
-pub async fn run(engine: &Engine, command: Command, json: bool) -> i32 {
+pub async fn run(engine: &Engine, command: Command, json: bool, out: &mut Output) -> i32 {
     match command {
         Command::Serve | Command::Events { .. } => unreachable!("handled by main"),
-        Command::Define { topology } => emit(engine.define(&topology).await, json, print_status),
+        Command::Define { topology } => {
+            emit(out, engine.define(&topology).await, json, print_status)
+        }
         Command::Start {
             cluster,
             no_wait,
             ssh_timeout,
         } => emit(
+            out,
             engine
                 .start_cluster(&cluster, !no_wait, secs(ssh_timeout))
                 .await,
@@ -262,6 +283,7 @@ pub async fn run(engine: &Engine, command: Command, json: bool) -> i32 {
             mode,
             timeout,
         } => emit(
+            out,
             engine
                 .stop_cluster(&cluster, mode.into(), secs(timeout))
                 .await,
@@ -272,19 +294,30 @@ pub async fn run(engine: &Engine, command: Command, json: bool) -> i32 {
             cluster,
             remove_overlays,
         } => emit(
+            out,
             engine.destroy(&cluster, remove_overlays).await,
             json,
             print_status,
         ),
         Command::Status { cluster } => {
             settle(engine, &cluster).await;
-            emit(plain(engine.status(&cluster).await), json, print_status)
+            emit(
+                out,
+                plain(engine.status(&cluster).await),
+                json,
+                print_status,
+            )
         }
         Command::Handle { cluster } => {
             settle(engine, &cluster).await;
-            emit(plain(engine.handle(&cluster).await), json, print_handle)
+            emit(
+                out,
+                plain(engine.handle(&cluster).await),
+                json,
+                print_handle,
+            )
         }
-        Command::List => emit(plain(engine.list().await), json, print_list),
+        Command::List => emit(out, plain(engine.list().await), json, print_list),
         Command::Node { action } => {
             let (cluster, node, op) = match action {
                 NodeAction::Crash {
@@ -344,13 +377,18 @@ pub async fn run(engine: &Engine, command: Command, json: bool) -> i32 {
                     },
                 ),
             };
-            emit(engine.node(&cluster, &node, op).await, json, print_node)
+            emit(
+                out,
+                engine.node(&cluster, &node, op).await,
+                json,
+                print_node,
+            )
         }
-        Command::Snapshot { action } => snapshot(engine, action, json).await,
+        Command::Snapshot { action } => snapshot(engine, action, json, out).await,
     }
 }
 
-async fn snapshot(engine: &Engine, action: SnapshotAction, json: bool) -> i32 {
+async fn snapshot(engine: &Engine, action: SnapshotAction, json: bool, out: &mut Output) -> i32 {
     use vmcluster_actors::snapshot::{CreateRequest, RevertRequest};
     match action {
         SnapshotAction::Create {
@@ -365,19 +403,21 @@ async fn snapshot(engine: &Engine, action: SnapshotAction, json: bool) -> i32 {
                 include_memory: memory,
             };
             emit(
+                out,
                 engine.snapshot_create(&cluster, request).await,
                 json,
                 print_snapshot,
             )
         }
         SnapshotAction::List { cluster } => emit(
+            out,
             plain(engine.snapshot_list(&cluster).await),
             json,
-            |l: &SnapshotList| {
+            |l: &SnapshotList, o: &mut String| {
                 if l.snapshots.is_empty() {
-                    println!("no snapshots of {}", l.cluster_name);
+                    outln!(o, "no snapshots of {}", l.cluster_name);
                 }
-                l.snapshots.iter().for_each(print_snapshot);
+                l.snapshots.iter().for_each(|s| print_snapshot(s, o));
             },
         ),
         SnapshotAction::Revert {
@@ -394,13 +434,14 @@ async fn snapshot(engine: &Engine, action: SnapshotAction, json: bool) -> i32 {
                 ssh_timeout: secs(ssh_timeout),
             };
             emit(
+                out,
                 engine.snapshot_revert(&cluster, request).await,
                 json,
-                |r: &SnapshotRevertResult| {
+                |r: &SnapshotRevertResult, o: &mut String| {
                     for n in &r.reverted {
-                        println!("{}/{}  {:?}", r.status.cluster_name, n.node, n.action);
+                        outln!(o, "{}/{}  {:?}", r.status.cluster_name, n.node, n.action);
                     }
-                    print_status(&r.status);
+                    print_status(&r.status, o);
                 },
             )
         }
@@ -408,28 +449,35 @@ async fn snapshot(engine: &Engine, action: SnapshotAction, json: bool) -> i32 {
             let reply = engine.snapshot_delete(&cluster, &name).await;
             // A node that could not delete it fails the verb, as it fails the tool.
             let failed = matches!(&reply.result, Ok(r) if !r.all_deleted);
-            let code = emit(reply, json, |r: &SnapshotDeleteResult| {
-                for n in &r.nodes {
-                    println!(
-                        "{}/{}  {}  {:?}{}",
-                        r.cluster_name,
-                        n.node,
-                        r.snapshot_name,
-                        n.status,
-                        n.error
-                            .as_deref()
-                            .map(|e| format!(": {e}"))
-                            .unwrap_or_default()
-                    );
-                }
-            });
+            let code = emit(
+                out,
+                reply,
+                json,
+                |r: &SnapshotDeleteResult, o: &mut String| {
+                    for n in &r.nodes {
+                        outln!(
+                            o,
+                            "{}/{}  {}  {:?}{}",
+                            r.cluster_name,
+                            n.node,
+                            r.snapshot_name,
+                            n.status,
+                            n.error
+                                .as_deref()
+                                .map(|e| format!(": {e}"))
+                                .unwrap_or_default()
+                        );
+                    }
+                },
+            );
             if failed { 1 } else { code }
         }
     }
 }
 
-fn print_snapshot(s: &SnapshotInfo) {
-    println!(
+fn print_snapshot(s: &SnapshotInfo, o: &mut String) {
+    outln!(
+        o,
         "{}  {}{}  created {}  {}{}",
         s.cluster_name,
         s.snapshot_name,
@@ -450,7 +498,7 @@ fn print_snapshot(s: &SnapshotInfo) {
             .kind
             .map(|k| format!("{k:?}").to_lowercase())
             .unwrap_or_else(|| "missing".into());
-        println!("  {:<14} {kind}", n.node);
+        outln!(o, "  {:<14} {kind}", n.node);
     }
 }
 
@@ -479,7 +527,12 @@ fn plain<T>(r: vmcluster_actors::Result<T>) -> Reply<T> {
     }
 }
 
-fn emit<T: Serialize>(reply: Reply<T>, json: bool, human: fn(&T)) -> i32 {
+fn emit<T: Serialize>(
+    out: &mut Output,
+    reply: Reply<T>,
+    json: bool,
+    human: fn(&T, &mut String),
+) -> i32 {
     let (code, env) = match reply.result {
         Ok(v) => (0, Envelope::ok(v, reply.op_id)),
         Err(e) => (
@@ -495,14 +548,18 @@ fn emit<T: Serialize>(reply: Reply<T>, json: bool, human: fn(&T)) -> i32 {
         ),
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&env).unwrap_or_default());
+        outln!(
+            out.stdout,
+            "{}",
+            serde_json::to_string_pretty(&env).unwrap_or_default()
+        );
     } else if let Some(v) = &env.result {
-        human(v);
+        human(v, &mut out.stdout);
     }
     if let Some(e) = &env.error
         && !json
     {
-        eprintln!("error [{}]: {}", e.code, e.message);
+        outln!(out.stderr, "error [{}]: {}", e.code, e.message);
     }
     code
 }
@@ -519,8 +576,9 @@ fn phase_word(n: &NodeStatus) -> String {
     format!("{state:<10} {phase}")
 }
 
-fn print_status(s: &ClusterStatus) {
-    println!(
+fn print_status(s: &ClusterStatus, o: &mut String) {
+    outln!(
+        o,
         "cluster {}  network {} ({})",
         s.cluster_name,
         s.network,
@@ -530,12 +588,17 @@ fn print_status(s: &ClusterStatus) {
             "inactive"
         }
     );
-    println!(
+    outln!(
+        o,
         "  {:<14} {:<10} {:<16} {:<10} PHASE",
-        "NODE", "ROLE", "IP", "STATE"
+        "NODE",
+        "ROLE",
+        "IP",
+        "STATE"
     );
     for n in &s.nodes {
-        println!(
+        outln!(
+            o,
             "  {:<14} {:<10} {:<16} {}",
             n.name,
             n.role,
@@ -543,37 +606,57 @@ fn print_status(s: &ClusterStatus) {
             phase_word(n)
         );
         if let Some(e) = &n.last_error {
-            println!("      last error: {e}");
+            outln!(o, "      last error: {e}");
         }
     }
 }
 
-fn print_node(r: &NodeResult) {
+fn print_node(r: &NodeResult, o: &mut String) {
     let n = &r.node;
-    println!("{}/{}  {}  {}", r.cluster_name, n.name, n.ip, phase_word(n));
+    outln!(
+        o,
+        "{}/{}  {}  {}",
+        r.cluster_name,
+        n.name,
+        n.ip,
+        phase_word(n)
+    );
 }
 
-fn print_handle(h: &ClusterHandle) {
-    println!(
+fn print_handle(h: &ClusterHandle, o: &mut String) {
+    outln!(
+        o,
         "cluster {}  kernel {}  artifacts {}",
-        h.cluster_name, h.kernel_version, h.artifact_path
+        h.cluster_name,
+        h.kernel_version,
+        h.artifact_path
     );
     for n in &h.nodes {
-        println!(
+        outln!(
+            o,
             "  {:<14} ssh -i {} -p {} {}@{}",
-            n.name, n.ssh_key_path, n.ssh_port, n.ssh_user, n.ip
+            n.name,
+            n.ssh_key_path,
+            n.ssh_port,
+            n.ssh_user,
+            n.ip
         );
     }
 }
 
-fn print_list(l: &ClusterList) {
+fn print_list(l: &ClusterList, o: &mut String) {
     if l.clusters.is_empty() {
-        println!("no clusters defined");
+        outln!(o, "no clusters defined");
     }
     for c in &l.clusters {
-        println!(
+        outln!(
+            o,
             "{:<24} {} node(s), {} running, network {} {}",
-            c.cluster_name, c.nodes, c.running, c.network, c.subnet
+            c.cluster_name,
+            c.nodes,
+            c.running,
+            c.network,
+            c.subnet
         );
     }
 }
@@ -581,4 +664,49 @@ fn print_list(l: &ClusterList) {
 /// Parses the command line.
 pub fn parse() -> Cli {
     Cli::parse()
+}
+
+/// Runs the verb of `argv` in the server answering on `socket`, if one does: `None` when no
+/// server runs (the caller then runs it in this process).
+pub async fn through_server(socket: &std::path::Path, argv: Vec<String>) -> Option<(i32, Output)> {
+    use crate::control::{ControlRequest, ControlResponse};
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let stream = crate::control::connect(socket).await.ok().flatten()?;
+    let failed = |message: String| {
+        Some((
+            2,
+            Output {
+                stdout: String::new(),
+                stderr: format!("error: {message}\n"),
+            },
+        ))
+    };
+    let (r, mut w) = stream.into_split();
+    let mut line = serde_json::to_vec(&ControlRequest::Cli { argv }).unwrap_or_default();
+    line.push(b'\n');
+    if let Err(e) = w.write_all(&line).await {
+        return failed(format!(
+            "cannot talk to the server on {}: {e}",
+            socket.display()
+        ));
+    }
+    let answer = BufReader::new(r).lines().next_line().await;
+    match answer.map(|l| l.map(|l| serde_json::from_str::<ControlResponse>(&l))) {
+        Ok(Some(Ok(ControlResponse::Cli { exit_code, output }))) => Some((exit_code, output)),
+        Ok(Some(Ok(ControlResponse::Error { code, message }))) => {
+            failed(format!("[{code}] {message}"))
+        }
+        Ok(Some(Ok(other))) => failed(format!("unexpected answer from the server: {other:?}")),
+        Ok(Some(Err(e))) => failed(format!("unexpected answer from the server: {e}")),
+        Ok(None) | Err(_) => failed(
+            "the server went away before answering; what it did is in the journal (`vmcluster events`, op_list)"
+                .into(),
+        ),
+    }
+}
+
+/// Parses a verb sent by a CLI to a running server (`argv` as that CLI got it, program name
+/// first); the usage error's text otherwise.
+pub fn parse_from(argv: &[String]) -> Result<Cli, String> {
+    Cli::try_parse_from(argv).map_err(|e| e.to_string())
 }

@@ -1,5 +1,6 @@
 //! The control socket: a unix socket in the state directory through which a running server
-//! answers local clients (`vmcluster events`), while its stdin/stdout belong to MCP.
+//! answers local clients (`vmcluster events` and every other CLI verb), while its stdin/stdout
+//! belong to MCP.
 //!
 //! # Protocol
 //!
@@ -11,6 +12,9 @@
 //!   `{"type":"event","event":{…}}` per event after `since`, then `{"type":"end","last_seq":N}`;
 //!   with `"follow":true`, the backlog, one `{"type":"caught_up","last_seq":N}`, then live
 //!   events until the client hangs up or the server stops (the connection just closes);
+//! * `{"request":"cli","argv":["vmcluster","status","demo"]}` → one
+//!   `{"type":"cli","exit_code":0,"output":{"stdout":…,"stderr":…}}`: a CLI verb run by the
+//!   server, which owns the journal (the CLI sends every verb here when a server runs);
 //! * anything else → `{"type":"error","code":"INVALID_ARGUMENT","message":…}`.
 //!
 //! New requests are new variants of [`ControlRequest`]; a client that sends one to an older
@@ -68,6 +72,11 @@ pub enum ControlRequest {
         #[serde(default)]
         follow: bool,
     },
+    /// Run one CLI verb in the server (the journal and libvirt connection are the server's).
+    Cli {
+        /// The command line, program name first (as the CLI process got it).
+        argv: Vec<String>,
+    },
 }
 
 /// One line of an answer.
@@ -97,6 +106,13 @@ pub enum ControlResponse {
     End {
         /// Pass as `since` to read on.
         last_seq: u64,
+    },
+    /// Answer to [`ControlRequest::Cli`]: what the verb printed, and its exit status.
+    Cli {
+        /// The process exit status the verb asks for.
+        exit_code: i32,
+        /// Its text.
+        output: crate::cli::Output,
     },
     /// The request failed.
     Error {
@@ -314,6 +330,25 @@ async fn serve_conn(engine: Engine, stream: UnixStream) {
                     return;
                 }
                 read_events(&engine, since, filter, &mut w).await
+            }
+            ControlRequest::Cli { argv } => {
+                let answer = match crate::cli::parse_from(&argv) {
+                    Ok(crate::cli::Cli {
+                        command: crate::cli::Command::Serve | crate::cli::Command::Events { .. },
+                        ..
+                    }) => error(
+                        "INVALID_ARGUMENT",
+                        "`serve` and `events` run in their own process",
+                    ),
+                    Ok(cli) => {
+                        let mut output = crate::cli::Output::default();
+                        let exit_code =
+                            crate::cli::run(&engine, cli.command, cli.json, &mut output).await;
+                        ControlResponse::Cli { exit_code, output }
+                    }
+                    Err(usage) => error("INVALID_ARGUMENT", usage),
+                };
+                write_line(&mut w, &answer).await
             }
         };
         if res.is_err() {

@@ -1,7 +1,8 @@
 //! The `vmcluster` binary: `vmcluster serve` runs the MCP server on stdio (and the control
 //! socket in the state directory); `vmcluster events` reads the event stream (through that
 //! socket, or from the journal when no server runs); every other verb runs one operation on the
-//! same engine and exits.
+//! same engine and exits: inside the running server (through the socket) when there is one, in
+//! this process otherwise.
 
 use vmcluster_engine::config::Config;
 
@@ -49,6 +50,15 @@ async fn main() {
         std::process::exit(vmcluster_mcp::cli::events::run(&config, args).await);
     }
     let socket = vmcluster_mcp::control::socket_path(&config.state_dir);
+    // A running server owns the journal and the host: it runs the verb.
+    if !matches!(cli.command, vmcluster_mcp::cli::Command::Serve)
+        && let Some((code, out)) =
+            vmcluster_mcp::cli::through_server(&socket, std::env::args().collect()).await
+    {
+        print!("{}", out.stdout);
+        eprint!("{}", out.stderr);
+        std::process::exit(code);
+    }
     let engine = match vmcluster_actors::Engine::start(config).await {
         Ok(e) => e,
         Err(e) => startup_failure(cli.json, e.code(), &format!("Cannot start: {e}")),
@@ -80,7 +90,13 @@ async fn main() {
             control.shutdown().await;
             code
         }
-        other => vmcluster_mcp::cli::run(&engine, other, cli.json).await,
+        other => {
+            let mut out = vmcluster_mcp::cli::Output::default();
+            let code = vmcluster_mcp::cli::run(&engine, other, cli.json, &mut out).await;
+            print!("{}", out.stdout);
+            eprint!("{}", out.stderr);
+            code
+        }
     };
     engine.shutdown().await;
     std::process::exit(code);

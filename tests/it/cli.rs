@@ -249,3 +249,53 @@ fn version_and_bad_configuration() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// With a server running, every verb runs inside it (the server owns the journal and the
+/// libvirt connection). On the test driver, domains live in the process that defined them, so
+/// only a verb run by the server can see the server's domains, and vice versa.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verbs_run_inside_a_running_server() {
+    let f = Fixture::new("itcliserver", &["n1"]);
+    let c = vmcluster_tests::McpClient::spawn(&f.env()).await;
+    let (code, v) = json(&f, &["define", &f.name]);
+    assert_eq!(code, 0, "{v}");
+    let status = c
+        .call(
+            "cluster_status",
+            serde_json::json!({"cluster_name": f.name}),
+        )
+        .await;
+    assert_eq!(status.ok()["nodes"][0]["domain_state"], "shut off");
+    let (code, v) = json(&f, &["start", &f.name, "--no-wait"]);
+    assert_eq!(code, 0, "{v}");
+    let status = c
+        .call(
+            "cluster_status",
+            serde_json::json!({"cluster_name": f.name}),
+        )
+        .await;
+    assert_eq!(
+        status.ok()["nodes"][0]["domain_state"],
+        "running",
+        "the server's domain was started by the CLI"
+    );
+    let (code, v) = json(&f, &["status", &f.name]);
+    assert_eq!(
+        (code, &v["result"]["nodes"][0]["domain_state"]),
+        (0, &"running".into()),
+        "{v}"
+    );
+    // A usage error is caught before anything is sent.
+    let out = run(&f, &["status"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Usage"),
+        "{out:?}"
+    );
+    c.close().await;
+
+    // With the server gone, the CLI opens the journal itself.
+    let (code, v) = json(&f, &["list"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["result"]["clusters"][0]["cluster_name"], f.name.as_str());
+}

@@ -299,9 +299,17 @@ pub fn console_tail(path: &Path, lines: usize) -> String {
 
 /// Loads the private key at `path`, generating an ed25519 pair (and `path.pub`) on first use.
 /// Returns the key and its public half as an OpenSSH line.
+///
+/// Concurrent callers (defines of different clusters) are serialized: each would otherwise
+/// write its own key to the shared temporary name, and a cluster could be seeded with a key that
+/// another one then replaced.
 pub fn ensure_keypair(path: &Path) -> Result<(russh::keys::PrivateKey, String)> {
     use russh::keys::ssh_key::{LineEnding, private::Ed25519Keypair};
     use std::io::Read;
+    static CREATING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = CREATING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if !path.exists() {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)
@@ -453,4 +461,34 @@ pub async fn runs_firmware(scratch: &Path, accel: &str) -> bool {
     let res = tokio::time::timeout(Duration::from_secs(10), cmd.status()).await;
     let _ = std::fs::remove_file(&bios);
     matches!(res, Ok(Ok(s)) if s.code() == Some(probe::EXPECTED_STATUS))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concurrent_first_uses_agree_on_one_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys").join("id_ed25519");
+        let start = std::sync::Barrier::new(16);
+        let publics: Vec<String> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..16)
+                .map(|_| {
+                    s.spawn(|| {
+                        start.wait();
+                        ensure_keypair(&path).expect("ensure_keypair").1
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let (_, on_disk) = ensure_keypair(&path).unwrap();
+        assert!(
+            publics.iter().all(|p| *p == on_disk),
+            "{publics:?} vs {on_disk}"
+        );
+        let pub_file = std::fs::read_to_string(path.with_extension("pub")).unwrap();
+        assert_eq!(pub_file.trim(), on_disk);
+    }
 }

@@ -1435,19 +1435,24 @@ async fn undo_object(
             Ok(())
         }
         ObjectKind::File => {
-            let path = Path::new(id);
-            if path.is_dir() {
-                host::remove_file(&path.join(host::OWNER_MARKER))?;
-                match std::fs::remove_dir(path) {
-                    Ok(()) => Ok(()),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                    Err(e) => Err(EngineError::io(format!("remove {}", path.display()), e)),
+            // File system calls, off the runtime's threads.
+            let path = PathBuf::from(id);
+            tokio::task::spawn_blocking(move || {
+                if path.is_dir() {
+                    host::remove_file(&path.join(host::OWNER_MARKER))?;
+                    match std::fs::remove_dir(&path) {
+                        Ok(()) => Ok(()),
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                        Err(e) => Err(EngineError::io(format!("remove {}", path.display()), e)),
+                    }
+                } else {
+                    host::remove_file(&host::tmp_sibling(&path))?;
+                    host::remove_file(&host::seed_stamp(&path))?;
+                    host::remove_file(&path)
                 }
-            } else {
-                host::remove_file(&host::tmp_sibling(path))?;
-                host::remove_file(&host::seed_stamp(path))?;
-                host::remove_file(path)
-            }
+            })
+            .await
+            .map_err(|e| EngineError::Internal(format!("file removal task: {e}")))?
         }
         ObjectKind::Snapshot => {
             // `<node>/<snapshot>`: delete the node's snapshot if its domain has it.

@@ -12,8 +12,9 @@
 //!   `node_exec_all true` on 3 nodes against one `node_exec`;
 //! - `node_upload` and `node_download` of 16 MiB (SFTP, the node's `sha256sum` check included).
 //! - `snapshot_create` and `snapshot_revert` (to every node ready again) on 1 node and on 3,
-//!   with memory and disk-only (median of a few runs each), and the by-hand floor of a memory
-//!   revert: `virsh snapshot-revert --running` of every domain at once plus the `ssh true` poll.
+//!   with memory and disk-only (median of a few runs each), and the by-hand floors of a memory
+//!   revert (`virsh snapshot-revert --running` of every domain at once plus the `ssh true` poll)
+//!   and of a memory snapshot (`virsh suspend`, `snapshot-create-as`, `resume`, all at once).
 //!
 //! Runs only inside the isolated test host (`scripts/bench` takes care of it).
 
@@ -189,6 +190,40 @@ fn revert_floor(
             p.join().unwrap();
         }
         times.push(t0.elapsed());
+    }
+    median(&mut times)
+}
+
+/// Runs `virsh ARGS <domain> EXTRA` for every domain at once and waits for all.
+fn virsh_all(domains: &[String], verb: &str, extra: &[&str]) {
+    let children: Vec<_> = domains
+        .iter()
+        .map(|d| {
+            Command::new("virsh")
+                .args(["-q", "-c", "qemu:///system", verb, d])
+                .args(extra)
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("virsh")
+        })
+        .collect();
+    for mut c in children {
+        assert!(c.wait().unwrap().success(), "virsh {verb} failed");
+    }
+}
+
+/// The by-hand floor of a memory snapshot of running domains: `virsh suspend`, then
+/// `virsh snapshot-create-as` (internal, with memory), then `virsh resume`, each for every domain
+/// at once. Median of `runs` (each snapshot is deleted again, untimed).
+fn create_floor(domains: &[String], runs: usize) -> Duration {
+    let mut times = Vec::new();
+    for _ in 0..runs {
+        let t0 = Instant::now();
+        virsh_all(domains, "suspend", &[]);
+        virsh_all(domains, "snapshot-create-as", &["hand"]);
+        virsh_all(domains, "resume", &[]);
+        times.push(t0.elapsed());
+        virsh_all(domains, "snapshot-delete", &["hand"]);
     }
     median(&mut times)
 }
@@ -395,6 +430,7 @@ async fn main() {
     const SNAPSHOT_RUNS: usize = 3;
     let mut snaps = Vec::new();
     let mut floors = Vec::new();
+    let mut create_floors = Vec::new();
     for (cluster, octet, n) in [("b1", 131, 1), ("b3", 133, 3)] {
         engine
             .start_cluster(cluster, true, budget)
@@ -417,6 +453,7 @@ async fn main() {
             .map(|i| format!("192.168.{octet}.{}", 10 + i))
             .collect();
         floors.push(revert_floor(&domains, &ips, &key, "floor", SNAPSHOT_RUNS));
+        create_floors.push(create_floor(&domains, SNAPSHOT_RUNS));
         engine
             .snapshot_delete(cluster, "floor")
             .await
@@ -481,6 +518,7 @@ async fn main() {
             "create_with_memory": pair(cm1, cm3),
             "revert_with_memory": pair(rm1, rm3),
             "revert_with_memory_by_hand_floor": pair(floors[0], floors[1]),
+            "create_with_memory_by_hand_floor": pair(create_floors[0], create_floors[1]),
             "revert_with_memory_over_floor": { "nodes_1": ratio(rm1, floors[0]), "nodes_3": ratio(rm3, floors[1]) },
             "create_disk_only": pair(cd1, cd3),
             "revert_disk_only": pair(rd1, rd3),

@@ -259,23 +259,20 @@ async fn verbs_run_inside_a_running_server() {
     let c = vmcluster_tests::McpClient::spawn(&f.env()).await;
     let (code, v) = json(&f, &["define", &f.name]);
     assert_eq!(code, 0, "{v}");
-    let status = c
-        .call(
-            "cluster_status",
-            serde_json::json!({"cluster_name": f.name}),
-        )
-        .await;
-    assert_eq!(status.ok()["nodes"][0]["domain_state"], "shut off");
+    let state = || async {
+        let status = c
+            .call(
+                "cluster_status",
+                serde_json::json!({"cluster_name": f.name}),
+            )
+            .await;
+        status.ok()["nodes"][0]["domain_state"].clone()
+    };
+    assert_eq!(state().await, "shut off");
     let (code, v) = json(&f, &["start", &f.name, "--no-wait"]);
     assert_eq!(code, 0, "{v}");
-    let status = c
-        .call(
-            "cluster_status",
-            serde_json::json!({"cluster_name": f.name}),
-        )
-        .await;
     assert_eq!(
-        status.ok()["nodes"][0]["domain_state"],
+        state().await,
         "running",
         "the server's domain was started by the CLI"
     );

@@ -54,20 +54,31 @@ async fn states(c: &McpClient, cluster: &str) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn snapshots_round_trip_on_the_test_driver() {
-    let f = Fixture::new("itsnap", &["n1", "n2"]);
-    let name = f.name.as_str();
-    let c = McpClient::spawn(&f.env()).await;
-    c.call("cluster_define", json!({"topology_name": name}))
+/// A server on `f` (with `failpoints`, if any) whose cluster is defined and running (domains
+/// up, readiness not awaited: the test driver has no guests).
+async fn running(f: &Fixture, failpoints: Option<&str>) -> McpClient {
+    let mut env = f.env();
+    if let Some(fp) = failpoints {
+        env.push(("VMCLUSTER_FAILPOINTS".into(), fp.into()));
+    }
+    let c = McpClient::spawn(&env).await;
+    c.call("cluster_define", json!({"topology_name": f.name}))
         .await
         .ok();
     c.call(
         "cluster_start",
-        json!({"cluster_name": name, "wait_for_ssh": false}),
+        json!({"cluster_name": f.name, "wait_for_ssh": false}),
     )
     .await
     .ok();
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_round_trip_on_the_test_driver() {
+    let f = Fixture::new("itsnap", &["n1", "n2"]);
+    let name = f.name.as_str();
+    let c = running(&f, None).await;
     assert!(names(&c, name).await.is_empty());
 
     // A memory snapshot of two running nodes.
@@ -301,21 +312,7 @@ async fn snapshots_round_trip_on_the_test_driver() {
 async fn a_create_that_fails_on_one_node_leaves_no_snapshot() {
     let f = Fixture::new("itsnapfail", &["n1", "n2", "n3"]);
     let name = f.name.as_str();
-    let mut env = f.env();
-    env.push((
-        "VMCLUSTER_FAILPOINTS".into(),
-        "create_snapshot:n2@after=error".into(),
-    ));
-    let c = McpClient::spawn(&env).await;
-    c.call("cluster_define", json!({"topology_name": name}))
-        .await
-        .ok();
-    c.call(
-        "cluster_start",
-        json!({"cluster_name": name, "wait_for_ssh": false}),
-    )
-    .await
-    .ok();
+    let c = running(&f, Some("create_snapshot:n2@after=error")).await;
     let r = c
         .call(
             "snapshot_create",
@@ -341,21 +338,7 @@ async fn a_create_that_fails_on_one_node_leaves_no_snapshot() {
 async fn a_revert_that_keeps_failing_on_one_node_names_it_after_retries() {
     let f = Fixture::new("itsnaprev", &["n1", "n2"]);
     let name = f.name.as_str();
-    let mut env = f.env();
-    env.push((
-        "VMCLUSTER_FAILPOINTS".into(),
-        "revert_snapshot:n2=error".into(),
-    ));
-    let c = McpClient::spawn(&env).await;
-    c.call("cluster_define", json!({"topology_name": name}))
-        .await
-        .ok();
-    c.call(
-        "cluster_start",
-        json!({"cluster_name": name, "wait_for_ssh": false}),
-    )
-    .await
-    .ok();
+    let c = running(&f, Some("revert_snapshot:n2=error")).await;
     c.call(
         "snapshot_create",
         json!({"cluster_name": name, "snapshot_name": "s1", "include_memory": true}),

@@ -64,6 +64,12 @@ fn floor(domains: &[String], ips: &[String], key: &Path) -> Duration {
     for mut s in starts {
         assert!(s.wait().unwrap().success(), "virsh start failed");
     }
+    await_ssh(ips, key, t0);
+    t0.elapsed()
+}
+
+/// Polls `ssh true` on every node (every 200 ms, all at once) until each answers.
+fn await_ssh(ips: &[String], key: &Path, t0: Instant) {
     let handles: Vec<_> = ips
         .iter()
         .map(|ip| {
@@ -72,7 +78,7 @@ fn floor(domains: &[String], ips: &[String], key: &Path) -> Duration {
                 while !ssh_true(&key, &ip) {
                     assert!(
                         t0.elapsed() < Duration::from_secs(300),
-                        "floor: {ip} never answered"
+                        "{ip} never answered"
                     );
                     std::thread::sleep(Duration::from_millis(200));
                 }
@@ -82,7 +88,6 @@ fn floor(domains: &[String], ips: &[String], key: &Path) -> Duration {
     for h in handles {
         h.join().unwrap();
     }
-    t0.elapsed()
 }
 
 /// Median of `d`.
@@ -171,24 +176,7 @@ fn revert_floor(
         for mut r in reverts {
             assert!(r.wait().unwrap().success(), "virsh snapshot-revert failed");
         }
-        let polls: Vec<_> = ips
-            .iter()
-            .map(|ip| {
-                let (ip, key) = (ip.clone(), key.to_owned());
-                std::thread::spawn(move || {
-                    while !ssh_true(&key, &ip) {
-                        assert!(
-                            t0.elapsed() < Duration::from_secs(300),
-                            "{ip} never answered"
-                        );
-                        std::thread::sleep(Duration::from_millis(200));
-                    }
-                })
-            })
-            .collect();
-        for p in polls {
-            p.join().unwrap();
-        }
+        await_ssh(ips, key, t0);
         times.push(t0.elapsed());
     }
     median(&mut times)

@@ -1448,6 +1448,7 @@ async fn undo_object(
                 } else {
                     host::remove_file(&host::tmp_sibling(&path))?;
                     host::remove_file(&host::seed_stamp(&path))?;
+                    host::remove_dir_all(&host::seed_staging(&path))?;
                     host::remove_file(&path)
                 }
             })
@@ -1873,6 +1874,7 @@ async fn destroy_steps(
                 (Step::RemoveNodeFiles(_), Some(node)) => {
                     host::remove_file(&host::seed_stamp(&node.seed_iso))?;
                     host::remove_file(&host::tmp_sibling(&node.seed_iso))?;
+                    host::remove_dir_all(&host::seed_staging(&node.seed_iso))?;
                     for f in [&node.seed_iso, &node.console_log] {
                         host::remove_file(f)?;
                         op.removed(ObjectKind::File, f.to_string_lossy()).await?;

@@ -208,26 +208,25 @@ pub async fn ensure_seed_iso(files: &SeedFiles, iso: &Path) -> Result<bool> {
 
 /// Writes a NoCloud seed ISO (volume label `cidata`) at `iso`, replacing any previous one.
 pub async fn write_seed_iso(files: &SeedFiles, iso: &Path) -> Result<()> {
-    let dir = iso
-        .parent()
-        .ok_or_else(|| EngineError::Internal("seed path has no parent".into()))?;
-    let staging = tempfile::Builder::new()
-        .prefix(".seed-")
-        .tempdir_in(dir)
-        .map_err(|e| EngineError::io("create seed staging dir", e))?;
+    // A fixed name (not a random temporary directory): a process killed while it writes leaves
+    // something the next attempt replaces and undo removes (`seed_staging`).
+    let staging = seed_staging(iso);
+    remove_dir_all(&staging)?;
+    std::fs::create_dir(&staging)
+        .map_err(|e| EngineError::io(format!("create {}", staging.display()), e))?;
     for (name, body) in [
         ("meta-data", &files.meta_data),
         ("user-data", &files.user_data),
         ("network-config", &files.network_config),
     ] {
-        std::fs::write(staging.path().join(name), body)
+        std::fs::write(staging.join(name), body)
             .map_err(|e| EngineError::io(format!("write {name}"), e))?;
     }
     let tmp = tmp_sibling(iso);
     let res = run(
         &format!("write seed {}", iso.display()),
         Command::new(iso_writer())
-            .current_dir(staging.path())
+            .current_dir(&staging)
             .args(["-quiet", "-output"])
             .arg(&tmp)
             .args([
@@ -241,7 +240,27 @@ pub async fn write_seed_iso(files: &SeedFiles, iso: &Path) -> Result<()> {
             ]),
     )
     .await;
-    finish_tmp(res, &tmp, iso)
+    let done = finish_tmp(res, &tmp, iso);
+    remove_dir_all(&staging)?;
+    done
+}
+
+/// Where the files of seed ISO `iso` are staged while it is written.
+pub fn seed_staging(iso: &Path) -> PathBuf {
+    let name = iso
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    iso.with_file_name(format!(".{name}.staging"))
+}
+
+/// Removes a directory tree if present.
+pub fn remove_dir_all(path: &Path) -> Result<()> {
+    match std::fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(EngineError::io(format!("remove {}", path.display()), e)),
+    }
 }
 
 fn iso_writer() -> &'static str {

@@ -176,24 +176,50 @@ async fn a_kill_at_any_step_leaves_host_and_journal_in_agreement() {
 
 const SNAP: &str = "kps";
 
-/// `command` on the snapshot sweep's node (waiting for its session); its trimmed stdout.
-async fn on_node(c: &McpClient, command: &str) -> String {
+/// The snapshot sweep's nodes.
+const SNAP_NODES: [&str; 2] = ["n1", "n2"];
+
+/// `command` on every node of the snapshot sweep (waiting for their sessions); each node's
+/// trimmed stdout.
+async fn on_nodes(c: &McpClient, command: &str) -> Vec<String> {
     let r = c
         .call(
-            "node_exec",
-            json!({"cluster_name": SNAP, "node_name": "n1", "command": command, "timeout_s": 180}),
+            "node_exec_all",
+            json!({"cluster_name": SNAP, "command": command, "timeout_s": 180}),
         )
         .await;
-    let r = r.ok();
-    assert_eq!(r["exit_code"], 0, "{command}: {r}");
-    r["stdout"].as_str().unwrap().trim().to_owned()
+    r.ok()["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            assert_eq!(n["result"]["exit_code"], 0, "{command}: {n}");
+            n["result"]["stdout"].as_str().unwrap().trim().to_owned()
+        })
+        .collect()
 }
 
-/// The snapshots libvirt holds for the sweep's node, sorted.
+/// The snapshots libvirt holds, sorted, the same on every node.
+#[track_caller]
 fn snapshots() -> Vec<String> {
-    let mut v = crate::virsh(&["snapshot-list", "--name", &format!("{SNAP}_n1")]);
-    v.sort();
-    v
+    let each: Vec<Vec<String>> = SNAP_NODES
+        .iter()
+        .map(|n| {
+            let mut v = crate::virsh(&["snapshot-list", "--name", &format!("{SNAP}_{n}")]);
+            v.sort();
+            v
+        })
+        .collect();
+    assert!(each.iter().all(|v| *v == each[0]), "nodes differ: {each:?}");
+    each[0].clone()
+}
+
+/// Each node's domain state.
+fn states() -> Vec<String> {
+    SNAP_NODES
+        .iter()
+        .map(|n| crate::virsh(&["domstate", &format!("{SNAP}_{n}")]).join(" "))
+        .collect()
 }
 
 #[track_caller]
@@ -206,14 +232,13 @@ fn check_settled(op: &Value, tool: &str, outcome: &str, what: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kill_during_a_snapshot_is_settled() {
     let g = preflight();
-    let s = cluster_scratch(&g, SNAP, 144, &["n1"]);
+    let s = cluster_scratch(&g, SNAP, 144, &SNAP_NODES);
     let c = crate::up(&s, SNAP).await;
-    on_node(&c, "echo cut > /root/state; sync").await;
+    on_nodes(&c, "echo cut > /root/state; sync").await;
     let create = |name: &str, memory: bool| json!({"cluster_name": SNAP, "snapshot_name": name, "include_memory": memory});
     c.call("snapshot_create", create("base", true)).await.ok();
     c.close().await;
-    let domain = format!("{SNAP}_n1");
-    let running = || crate::virsh(&["domstate", &domain]).join(" ");
+    let running = ["running"; 2];
 
     // snapshot_create: a kill anywhere is rolled back: no new snapshot, the node runs again.
     let mut cases: Vec<(String, bool)> = points(&[
@@ -244,7 +269,7 @@ async fn a_kill_during_a_snapshot_is_settled() {
             &spec,
         );
         assert_eq!(snapshots(), ["base"], "{spec}");
-        assert_eq!(running(), "running", "{spec}: a paused node is resumed");
+        assert_eq!(states(), running, "{spec}: a paused node is resumed");
         let list = c.call("snapshot_list", json!({"cluster_name": SNAP})).await;
         assert_eq!(
             list.ok()["snapshots"].as_array().unwrap().len(),
@@ -254,22 +279,42 @@ async fn a_kill_during_a_snapshot_is_settled() {
         c.close().await;
     }
 
-    // snapshot_revert: a kill anywhere is rolled forward: the node is back at the cut.
-    for p in points(&[("revert_snapshot", true)]) {
+    // snapshot_revert: a kill anywhere is rolled forward: every node is back at the cut.
+    let mut cases: Vec<String> = points(&[("revert_snapshot", true)])
+        .into_iter()
+        .map(|p| format!("{p}=abort"))
+        .collect();
+    // n1 finishes its revert while n2 waits, then n2 dies after its own: restart reverts n2
+    // again and leaves n1, whose revert the journal shows done, alone.
+    let partial = "revert_snapshot:n2@before=delay:5000,revert_snapshot:n2@after=abort";
+    cases.push(partial.into());
+    for spec in cases {
         let c = McpClient::spawn(&env(&s, None)).await;
-        on_node(&c, "echo later > /root/state; sync").await;
+        on_nodes(&c, "echo later > /root/state; sync").await;
         c.close().await;
-        kill_at(
+        kill_with(
             &s,
-            &p,
+            &spec,
             "snapshot_revert",
             json!({"cluster_name": SNAP, "snapshot_name": "base"}),
         )
         .await;
         let c = McpClient::spawn(&env(&s, None)).await;
-        check_settled(&newest_op(&c, SNAP).await, "snapshot_revert", "applied", &p);
-        assert_eq!(on_node(&c, "cat /root/state").await, "cut", "{p}");
-        assert_eq!(running(), "running", "{p}");
+        let op = newest_op(&c, SNAP).await;
+        check_settled(&op, "snapshot_revert", "applied", &spec);
+        assert_eq!(on_nodes(&c, "cat /root/state").await, ["cut"; 2], "{spec}");
+        assert_eq!(states(), running, "{spec}");
+        if spec == partial {
+            let reverts = |node: &str| {
+                op["steps"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|st| st["step"] == "revert_snapshot" && st["node"] == node)
+                    .count()
+            };
+            assert_eq!((reverts("n1"), reverts("n2")), (1, 2), "{op}");
+        }
         c.close().await;
     }
 

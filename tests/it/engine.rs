@@ -685,3 +685,46 @@ async fn squatter_on_an_overlay_path_fails_then_converges() {
     assert!(!f.cluster_dir().exists());
     e.shutdown().await;
 }
+
+/// A server killed while it writes a seed ISO leaves the ISO's staging directory (the files the
+/// ISO writer reads) and a partial ISO behind; restart's rollback removes them with everything
+/// else, so the cluster's directory goes too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seed_write_cut_short_leaves_nothing_after_restart() {
+    let f = Fixture::new("itseedcut", &["n1"]);
+    let mut env = f.env();
+    env.push((
+        "VMCLUSTER_FAILPOINTS".into(),
+        "ensure_seed:n1@after=abort".into(),
+    ));
+    let c = McpClient::spawn(&env).await;
+    let r = c
+        .try_call("cluster_define", json!({"topology_name": f.name}))
+        .await;
+    assert!(r.is_none(), "the server should have aborted");
+    c.close().await;
+    // What a kill in the middle of the write leaves.
+    let iso = std::fs::read_dir(f.cluster_dir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "iso"))
+        .expect("the seed ISO");
+    let name = iso.file_name().unwrap().to_string_lossy().into_owned();
+    let staging = iso.with_file_name(format!(".{name}.staging"));
+    std::fs::create_dir(&staging).unwrap();
+    std::fs::write(staging.join("user-data"), "#cloud-config\n").unwrap();
+    std::fs::write(iso.with_file_name(format!(".{name}.tmp")), "partial").unwrap();
+
+    let c = McpClient::spawn(&f.env()).await;
+    let list = c.call("cluster_list", json!({})).await;
+    assert_eq!(list.ok()["clusters"], json!([]), "rolled back");
+    assert!(
+        !f.cluster_dir().exists(),
+        "{:?} left behind: {:?}",
+        f.cluster_dir(),
+        std::fs::read_dir(f.cluster_dir())
+            .map(|d| d.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
+    );
+    c.close().await;
+}

@@ -2273,10 +2273,10 @@ async fn exec(
         "command": request.command,
         "timeout_s": request.timeout.as_secs_f64(),
     });
-    let tool = if nodes.as_ref().is_some_and(|n| n.len() == 1) {
-        "node_exec"
-    } else {
-        "node_exec_all"
+    let tool = match request.tool {
+        Some(t) => t,
+        None if nodes.as_ref().is_some_and(|n| n.len() == 1) => "node_exec",
+        None => "node_exec_all",
     };
     let op = match Op::begin(&ctx.journal, tool, &resolved.spec.name, &params).await {
         Ok(op) => op,

@@ -47,6 +47,9 @@ pub struct ExecRequest {
     pub output_cap: usize,
     /// Where a truncated stream is kept in full (none: it is only cut).
     pub spill: Option<Spill>,
+    /// The tool the journal records it under (default: `node_exec` for one node named,
+    /// `node_exec_all` otherwise).
+    pub tool: Option<&'static str>,
 }
 
 /// Where the full output of a truncated command goes.
@@ -68,6 +71,7 @@ impl ExecRequest {
             env: BTreeMap::new(),
             output_cap: DEFAULT_OUTPUT_CAP,
             spill: None,
+            tool: None,
         }
     }
 }

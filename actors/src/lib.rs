@@ -425,10 +425,11 @@ impl Engine {
     ) -> (String, Reply<exec::NodeOutcomes>) {
         let id = format!("{}", uuid::Uuid::now_v7().simple());
         let line = vmcluster_engine::dmesg::marker_line(&id);
-        let request = exec::ExecRequest::new(
+        let mut request = exec::ExecRequest::new(
             format!("printf '%s\\n' {} > /dev/kmsg", exec::shell_quote(&line)),
             Duration::from_secs(20),
         );
+        request.tool = Some("dmesg_mark");
         (id, self.exec(cluster, nodes, request).await)
     }
 

@@ -15,6 +15,7 @@ use vmcluster_engine::view::{ClusterHandle, ClusterList, ClusterStatus, NodeResu
 use crate::envelope::{Envelope, ToolError};
 
 pub mod events;
+pub mod tools;
 
 /// What a verb prints: a verb runs in this process or, when a server runs, inside the server
 /// (over its control socket), and either way its text comes back here.
@@ -143,6 +144,68 @@ pub enum Command {
         /// What to do.
         #[command(subcommand)]
         action: SnapshotAction,
+    },
+    /// Run a shell command on every node, or on some (`node_exec_all`); exits 1 unless every
+    /// node ran it with exit code 0.
+    Exec {
+        /// Cluster.
+        cluster: String,
+        /// Only these nodes (repeat; default: every node).
+        #[arg(long = "node")]
+        nodes: Vec<String>,
+        /// Budget in seconds; the command is killed on the node when it passes.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+        /// The command line (put it after `--`).
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
+    /// The kernel log: markers and classified lines.
+    Dmesg {
+        /// What to do.
+        #[command(subcommand)]
+        action: tools::DmesgAction,
+    },
+    /// The tail of a node's serial console (works when SSH is dead).
+    Console {
+        /// Cluster.
+        cluster: String,
+        /// Node.
+        node: String,
+        /// How many lines.
+        #[arg(long, default_value_t = 50)]
+        lines: u64,
+    },
+    /// Copy a file to a node (SFTP, checksummed, atomic on the node).
+    Upload {
+        /// Cluster.
+        cluster: String,
+        /// Node.
+        node: String,
+        /// File on this host.
+        local: String,
+        /// Absolute path on the node.
+        remote: String,
+        /// Mode in octal (e.g. 0755).
+        #[arg(long)]
+        mode: Option<String>,
+    },
+    /// Copy a file from a node (checksummed, atomic here).
+    Download {
+        /// Cluster.
+        cluster: String,
+        /// Node.
+        node: String,
+        /// Absolute path on the node.
+        remote: String,
+        /// Path on this host.
+        local: String,
+    },
+    /// Journaled operations: list, status, wait, cancel.
+    Op {
+        /// What to do.
+        #[command(subcommand)]
+        action: tools::OpAction,
     },
 }
 
@@ -385,6 +448,50 @@ pub async fn run(engine: &Engine, command: Command, json: bool, out: &mut Output
             )
         }
         Command::Snapshot { action } => snapshot(engine, action, json, out).await,
+        Command::Exec {
+            cluster,
+            nodes,
+            timeout,
+            command,
+        } => tools::exec(engine, cluster, nodes, timeout, command, json, out).await,
+        Command::Dmesg { action } => tools::dmesg(engine, action, json, out).await,
+        Command::Console {
+            cluster,
+            node,
+            lines,
+        } => tools::console(engine, cluster, node, lines, json, out).await,
+        Command::Upload {
+            cluster,
+            node,
+            local,
+            remote,
+            mode,
+        } => {
+            let t = tools::Transfer {
+                cluster,
+                node,
+                local,
+                remote,
+                mode,
+            };
+            tools::copy(engine, true, t, json, out).await
+        }
+        Command::Download {
+            cluster,
+            node,
+            remote,
+            local,
+        } => {
+            let t = tools::Transfer {
+                cluster,
+                node,
+                local,
+                remote,
+                mode: None,
+            };
+            tools::copy(engine, false, t, json, out).await
+        }
+        Command::Op { action } => tools::op(engine, action, json, out).await,
     }
 }
 
@@ -439,7 +546,14 @@ async fn snapshot(engine: &Engine, action: SnapshotAction, json: bool, out: &mut
                 json,
                 |r: &SnapshotRevertResult, o: &mut String| {
                     for n in &r.reverted {
-                        outln!(o, "{}/{}  {:?}", r.status.cluster_name, n.node, n.action);
+                        let action = serde_json::to_value(n.action).unwrap_or_default();
+                        outln!(
+                            o,
+                            "{}/{}  {}",
+                            r.status.cluster_name,
+                            n.node,
+                            action.as_str().unwrap_or("?")
+                        );
                     }
                     print_status(&r.status, o);
                 },
@@ -682,7 +796,10 @@ pub async fn through_server(socket: &std::path::Path, argv: Vec<String>) -> Opti
         ))
     };
     let (r, mut w) = stream.into_split();
-    let mut line = serde_json::to_vec(&ControlRequest::Cli { argv }).unwrap_or_default();
+    let cwd = std::env::current_dir()
+        .ok()
+        .map(|d| d.to_string_lossy().into_owned());
+    let mut line = serde_json::to_vec(&ControlRequest::Cli { argv, cwd }).unwrap_or_default();
     line.push(b'\n');
     if let Err(e) = w.write_all(&line).await {
         return failed(format!(
@@ -702,6 +819,16 @@ pub async fn through_server(socket: &std::path::Path, argv: Vec<String>) -> Opti
             "the server went away before answering; what it did is in the journal (`vmcluster events`, op_list)"
                 .into(),
         ),
+    }
+}
+
+/// Makes the local paths of `command` absolute against `cwd` (the CLI's working directory),
+/// so a verb run by the server reads and writes where the user meant.
+pub fn absolutize(command: &mut Command, cwd: &std::path::Path) {
+    if let Command::Upload { local, .. } | Command::Download { local, .. } = command
+        && std::path::Path::new(local.as_str()).is_relative()
+    {
+        *local = cwd.join(&*local).to_string_lossy().into_owned();
     }
 }
 

@@ -12,7 +12,7 @@
 //!   `{"type":"event","event":{…}}` per event after `since`, then `{"type":"end","last_seq":N}`;
 //!   with `"follow":true`, the backlog, one `{"type":"caught_up","last_seq":N}`, then live
 //!   events until the client hangs up or the server stops (the connection just closes);
-//! * `{"request":"cli","argv":["vmcluster","status","demo"]}` → one
+//! * `{"request":"cli","argv":["vmcluster","status","demo"],"cwd":"/home/u"}` → one
 //!   `{"type":"cli","exit_code":0,"output":{"stdout":…,"stderr":…}}`: a CLI verb run by the
 //!   server, which owns the journal (the CLI sends every verb here when a server runs);
 //! * anything else → `{"type":"error","code":"INVALID_ARGUMENT","message":…}`.
@@ -76,6 +76,9 @@ pub enum ControlRequest {
     Cli {
         /// The command line, program name first (as the CLI process got it).
         argv: Vec<String>,
+        /// The CLI's working directory (relative local paths are relative to it).
+        #[serde(default)]
+        cwd: Option<String>,
     },
 }
 
@@ -331,7 +334,7 @@ async fn serve_conn(engine: Engine, stream: UnixStream) {
                 }
                 read_events(&engine, since, filter, &mut w).await
             }
-            ControlRequest::Cli { argv } => {
+            ControlRequest::Cli { argv, cwd } => {
                 let answer = match crate::cli::parse_from(&argv) {
                     Ok(crate::cli::Cli {
                         command: crate::cli::Command::Serve | crate::cli::Command::Events { .. },
@@ -340,7 +343,10 @@ async fn serve_conn(engine: Engine, stream: UnixStream) {
                         "INVALID_ARGUMENT",
                         "`serve` and `events` run in their own process",
                     ),
-                    Ok(cli) => {
+                    Ok(mut cli) => {
+                        if let Some(cwd) = &cwd {
+                            crate::cli::absolutize(&mut cli.command, std::path::Path::new(cwd));
+                        }
                         let mut output = crate::cli::Output::default();
                         let exit_code =
                             crate::cli::run(&engine, cli.command, cli.json, &mut output).await;

@@ -90,7 +90,10 @@ async fn main() {
             control.shutdown().await;
             code
         }
-        other => {
+        mut other => {
+            if let Ok(cwd) = std::env::current_dir() {
+                vmcluster_mcp::cli::absolutize(&mut other, &cwd);
+            }
             let mut out = vmcluster_mcp::cli::Output::default();
             let code = vmcluster_mcp::cli::run(&engine, other, cli.json, &mut out).await;
             print!("{}", out.stdout);

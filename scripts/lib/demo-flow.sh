@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The demo's flow, run inside the test host by scripts/demo: seed 000's smoke flow on the
-# built-in defaults (define, start and wait for SSH, status, handle, stop, destroy).
+# built-in defaults (define, start and wait for SSH, status, handle, stop, destroy), plus a
+# command on every node, a snapshot, a broken cluster, its kernel evidence, and the revert.
 set -euo pipefail
 vmc=${VMCLUSTER_BIN:?}
 guest=${VMCLUSTER_GUEST_DIR:?}
@@ -52,6 +53,18 @@ for ip in 192.168.120.10 192.168.120.11 192.168.120.20; do
   ssh -i "$key" -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR \
       "root@$ip" 'echo "$(hostname) $(uname -r) up $(cut -d" " -f1 /proc/uptime)s"'
 done
+step "node_exec_all $name   (one pooled SSH session per node; stdout and stderr kept apart)"
+"$vmc" exec "$name" -- 'echo "$(hostname): $(cut -d" " -f1 /proc/uptime)s up"'
+step "snapshot_create $name baseline --memory   (pause all, snapshot all, resume all: one consistent cut)"
+"$vmc" exec "$name" -- 'echo "state of $(hostname) at the cut" > /root/state' >/dev/null
+timed "$vmc" snapshot create "$name" baseline --memory
+step "Breaking every node: a file deleted, a kernel warning planted"
+"$vmc" exec "$name" -- 'rm /root/state; echo "<4>WARNING: CPU: 0 PID: 1 at demo.c:1 planted+0x0/0x1" > /dev/kmsg; echo broken'
+step "dmesg_collect $name --level warn+   (classified kernel lines)"
+"$vmc" dmesg collect "$name" --level warn+
+step "snapshot_revert $name baseline   (memory: every node resumes at the cut, no reboot)"
+timed "$vmc" snapshot revert "$name" baseline
+"$vmc" exec "$name" -- 'cat /root/state'
 step "node_crash $name worker-0   (pull the plug, power on, wait until ready)"
 timed "$vmc" node crash "$name" worker-0
 step "cluster_stop $name   (ACPI shutdown, forced after the timeout)"

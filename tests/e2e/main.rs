@@ -6,6 +6,7 @@
 //! packet can leave the machine. `scripts/test` builds them with `--features e2e` and runs them
 //! one at a time (two cores cannot boot several clusters at once in reasonable time).
 
+mod cli;
 mod events;
 mod exec;
 mod files;

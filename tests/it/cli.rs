@@ -296,3 +296,36 @@ async fn verbs_run_inside_a_running_server() {
     assert_eq!(code, 0, "{v}");
     assert_eq!(v["result"]["clusters"][0]["cluster_name"], f.name.as_str());
 }
+
+/// The tool verbs answer with the tools' own envelopes: `op list` reads the journal, and
+/// `exec` on nodes that are not running fails per node (exit status 1), never with an exit code.
+#[test]
+fn tool_verbs_answer_with_the_tools_envelopes() {
+    let f = Fixture::new("itclitools", &["n1", "n2"]);
+    assert_eq!(json(&f, &["define", &f.name]).0, 0);
+    let (code, v) = json(&f, &["op", "list", "--cluster", &f.name]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["result"]["ops"][0]["tool"], "cluster_define", "{v}");
+    let op_id = v["result"]["ops"][0]["op_id"].as_str().unwrap().to_owned();
+    let (code, v) = json(&f, &["op", "status", &op_id]);
+    assert_eq!(
+        (code, &v["result"]["outcome"]),
+        (0, &"applied".into()),
+        "{v}"
+    );
+
+    let (code, v) = json(&f, &["exec", &f.name, "--", "true"]);
+    assert_eq!(code, 1, "{v}");
+    assert_eq!(v["success"], false, "{v}");
+    let results = v["result"]["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2, "{v}");
+    for r in results {
+        assert!(r["result"].is_null() && r["error_code"].is_string(), "{r}");
+    }
+    let out = run(&f, &["exec", &f.name, "--node", "n9", "--", "true"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("NOT_FOUND"),
+        "{out:?}"
+    );
+}

@@ -44,6 +44,7 @@ fn request(
         env,
         output_cap,
         spill: None,
+        tool: None,
     })
 }
 

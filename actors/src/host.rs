@@ -37,14 +37,20 @@ async fn run(action: &str, cmd: &mut Command) -> Result<std::process::Output> {
     Ok(out)
 }
 
-/// Where `path` is written before its atomic rename. Deterministic, so an interrupted write
-/// is overwritten by the next attempt and removed by undo (callers hold the cluster's lock).
-pub fn tmp_sibling(path: &Path) -> PathBuf {
+/// `.<name>.<suffix>` beside `path`: the fixed names of what belongs to a file while it is
+/// made, so a crash leaves nothing undo cannot name.
+fn hidden_sibling(path: &Path, suffix: &str) -> PathBuf {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp"))
+    path.with_file_name(format!(".{name}.{suffix}"))
+}
+
+/// Where `path` is written before its atomic rename. Deterministic, so an interrupted write
+/// is overwritten by the next attempt and removed by undo (callers hold the cluster's lock).
+pub fn tmp_sibling(path: &Path) -> PathBuf {
+    hidden_sibling(path, "tmp")
 }
 
 /// Creates `dir` and missing parents, world-traversable (QEMU runs as another user).
@@ -185,11 +191,7 @@ fn finish_tmp<T>(res: Result<T>, tmp: &Path, dest: &Path) -> Result<()> {
 
 /// The stamp file beside a seed ISO that records the digest of the files it was built from.
 pub fn seed_stamp(iso: &Path) -> PathBuf {
-    let name = iso
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    iso.with_file_name(format!(".{name}.sha256"))
+    hidden_sibling(iso, "sha256")
 }
 
 /// Writes the seed ISO unless one built from exactly these files is already there. Returns
@@ -247,11 +249,7 @@ pub async fn write_seed_iso(files: &SeedFiles, iso: &Path) -> Result<()> {
 
 /// Where the files of seed ISO `iso` are staged while it is written.
 pub fn seed_staging(iso: &Path) -> PathBuf {
-    let name = iso
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    iso.with_file_name(format!(".{name}.staging"))
+    hidden_sibling(iso, "staging")
 }
 
 /// Removes a directory tree if present.

@@ -81,8 +81,8 @@ pub fn write_owner_marker(dir: &Path, cluster: &str) -> Result<()> {
         .map_err(|e| EngineError::io(format!("write {}", path.display()), e))
 }
 
-/// The format (`qcow2`, `raw`, ...) of an image, as `qemu-img info` sees it.
-pub async fn image_format(path: &Path) -> Result<String> {
+/// `qemu-img info` of an image as JSON, read with `-U` (works while QEMU has it open).
+async fn image_info(path: &Path) -> Result<serde_json::Value> {
     let out = run(
         &format!("inspect {}", path.display()),
         Command::new("qemu-img")
@@ -90,8 +90,12 @@ pub async fn image_format(path: &Path) -> Result<String> {
             .arg(path),
     )
     .await?;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .map_err(|e| EngineError::io("parse qemu-img info", e))?;
+    serde_json::from_slice(&out.stdout).map_err(|e| EngineError::io("parse qemu-img info", e))
+}
+
+/// The format (`qcow2`, `raw`, ...) of an image, as `qemu-img info` sees it.
+pub async fn image_format(path: &Path) -> Result<String> {
+    let v = image_info(path).await?;
     v.get("format")
         .and_then(|f| f.as_str())
         .map(str::to_owned)
@@ -102,15 +106,7 @@ pub async fn image_format(path: &Path) -> Result<String> {
 /// (`vm-state-size`, 0 for a disk-only snapshot). Read with `-U`, so it works while QEMU has
 /// the image open.
 pub async fn image_snapshots(path: &Path) -> Result<std::collections::BTreeMap<String, u64>> {
-    let out = run(
-        &format!("inspect {}", path.display()),
-        Command::new("qemu-img")
-            .args(["info", "--output=json", "-U"])
-            .arg(path),
-    )
-    .await?;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .map_err(|e| EngineError::io("parse qemu-img info", e))?;
+    let v = image_info(path).await?;
     Ok(v.get("snapshots")
         .and_then(|s| s.as_array())
         .into_iter()
@@ -213,17 +209,24 @@ pub async fn write_seed_iso(files: &SeedFiles, iso: &Path) -> Result<()> {
     // A fixed name (not a random temporary directory): a process killed while it writes leaves
     // something the next attempt replaces and undo removes (`seed_staging`).
     let staging = seed_staging(iso);
-    remove_dir_all(&staging)?;
-    std::fs::create_dir(&staging)
-        .map_err(|e| EngineError::io(format!("create {}", staging.display()), e))?;
-    for (name, body) in [
-        ("meta-data", &files.meta_data),
-        ("user-data", &files.user_data),
-        ("network-config", &files.network_config),
-    ] {
-        std::fs::write(staging.join(name), body)
-            .map_err(|e| EngineError::io(format!("write {name}"), e))?;
-    }
+    let (dir, files) = (staging.clone(), files.clone());
+    // File system calls, off the runtime's threads.
+    tokio::task::spawn_blocking(move || {
+        remove_dir_all(&dir)?;
+        std::fs::create_dir(&dir)
+            .map_err(|e| EngineError::io(format!("create {}", dir.display()), e))?;
+        for (name, body) in [
+            ("meta-data", &files.meta_data),
+            ("user-data", &files.user_data),
+            ("network-config", &files.network_config),
+        ] {
+            std::fs::write(dir.join(name), body)
+                .map_err(|e| EngineError::io(format!("write {name}"), e))?;
+        }
+        Ok::<_, EngineError>(())
+    })
+    .await
+    .map_err(|e| EngineError::Internal(format!("seed staging task: {e}")))??;
     let tmp = tmp_sibling(iso);
     let res = run(
         &format!("write seed {}", iso.display()),
@@ -243,7 +246,9 @@ pub async fn write_seed_iso(files: &SeedFiles, iso: &Path) -> Result<()> {
     )
     .await;
     let done = finish_tmp(res, &tmp, iso);
-    remove_dir_all(&staging)?;
+    tokio::task::spawn_blocking(move || remove_dir_all(&staging))
+        .await
+        .map_err(|e| EngineError::Internal(format!("seed staging task: {e}")))??;
     done
 }
 

@@ -79,6 +79,15 @@ fn check_name(name: &str) -> Result<()> {
         .map_err(|e| EngineError::InvalidArgument(format!("snapshot_name {name:?} {e}")))
 }
 
+/// The cluster a snapshot command targets and the snapshot's real name (a logical name from
+/// the topology resolved), after checking the name asked for.
+async fn target(ctx: &Ctx, cluster: &str, requested: &str) -> Result<(Resolved, String)> {
+    check_name(requested)?;
+    let resolved = ctx.resolve(cluster).await?;
+    let real = snap::resolve_name(&resolved.spec.snapshots, requested);
+    Ok((resolved, real))
+}
+
 /// `real`, with the logical name it was asked by when they differ (for messages).
 fn shown(real: &str, requested: &str) -> String {
     if real == requested {
@@ -363,20 +372,18 @@ async fn holders(ctx: &Ctx, spec: &ClusterSpec, name: &str) -> Result<Vec<(Strin
 
 /// `snapshot_create`: a consistent cut of every node, all or nothing.
 pub(crate) async fn create(ctx: Ctx, cluster: String, req: CreateRequest) -> Reply<SnapshotInfo> {
-    if let Err(e) = check_name(&req.snapshot_name).and_then(|()| {
-        req.description
-            .as_deref()
-            .map_or(Ok(()), snap::check_description)
-            .map_err(|e| EngineError::InvalidArgument(format!("description {e}")))
-    }) {
-        return Reply::refused(e);
+    if let Err(e) = req
+        .description
+        .as_deref()
+        .map_or(Ok(()), snap::check_description)
+    {
+        return Reply::refused(EngineError::InvalidArgument(format!("description {e}")));
     }
-    let resolved = match ctx.resolve(&cluster).await {
-        Ok(r) => r,
+    let (resolved, real) = match target(&ctx, &cluster, &req.snapshot_name).await {
+        Ok(t) => t,
         Err(e) => return Reply::refused(e),
     };
     let spec = resolved.spec.clone();
-    let real = snap::resolve_name(&spec.snapshots, &req.snapshot_name);
     let _guard = ctx.lock(&spec.name).await;
     // Everything is checked before anything changes.
     let states = match node_states(&ctx, &spec).await {
@@ -599,15 +606,11 @@ pub(crate) async fn revert(
     cluster: String,
     req: RevertRequest,
 ) -> Reply<SnapshotRevertResult> {
-    if let Err(e) = check_name(&req.snapshot_name) {
-        return Reply::refused(e);
-    }
-    let resolved = match ctx.resolve(&cluster).await {
-        Ok(r) => r,
+    let (resolved, real) = match target(&ctx, &cluster, &req.snapshot_name).await {
+        Ok(t) => t,
         Err(e) => return Reply::refused(e),
     };
     let spec = resolved.spec.clone();
-    let real = snap::resolve_name(&spec.snapshots, &req.snapshot_name);
     let _guard = ctx.lock(&spec.name).await;
     let checked = revert_plan(&ctx, &spec, &real, &req.snapshot_name, req.restart_after).await;
     let plan = match checked {
@@ -851,15 +854,11 @@ pub(crate) async fn delete(
     cluster: String,
     requested: String,
 ) -> Reply<SnapshotDeleteResult> {
-    if let Err(e) = check_name(&requested) {
-        return Reply::refused(e);
-    }
-    let resolved = match ctx.resolve(&cluster).await {
-        Ok(r) => r,
+    let (resolved, real) = match target(&ctx, &cluster, &requested).await {
+        Ok(t) => t,
         Err(e) => return Reply::refused(e),
     };
     let spec = resolved.spec.clone();
-    let real = snap::resolve_name(&spec.snapshots, &requested);
     let _guard = ctx.lock(&spec.name).await;
     let holding = match holders(&ctx, &spec, &real).await {
         Ok(h) => h,

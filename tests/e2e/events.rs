@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use vmcluster_tests::{EventsFollower, McpClient};
+use vmcluster_tests::{EventsFollower, McpClient, event_story as story};
 
 use crate::{cluster_scratch, preflight};
 
@@ -22,25 +22,6 @@ fn find(events: &[Value], from: usize, kind: &str, detail: &str) -> usize {
         .iter()
         .position(|e| e["kind"] == kind && e["detail"] == detail)
         .unwrap_or_else(|| panic!("no {kind} {detail} after #{from}:\n{}", story(events)))
-}
-
-fn story(events: &[Value]) -> String {
-    events
-        .iter()
-        .map(|e| {
-            let s = |k: &str| e[k].as_str().unwrap_or("-").to_owned();
-            format!(
-                "{} {} {}/{} {} {} {}\n",
-                e["seq"],
-                s("kind"),
-                s("cluster"),
-                s("node"),
-                s("tool"),
-                s("detail"),
-                s("outcome")
-            )
-        })
-        .collect()
 }
 
 /// Awaits the follower's `op.finished` line of the operation `called` returned.

@@ -14,7 +14,7 @@ use rmcp::service::NotificationContext;
 use rmcp::{ClientHandler, RoleClient};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
-use vmcluster_tests::{EventsFollower, McpClient, vmcluster_bin};
+use vmcluster_tests::{EventsFollower, McpClient, event_story as story, vmcluster_bin};
 
 use crate::{DEADLINE, Fixture, eventually};
 
@@ -218,26 +218,6 @@ async fn events_read_tells_the_story_in_order_with_filters_and_pages() {
     let out = cli(&f, &["events", "--json", "--since", &k.to_string()]);
     assert_eq!(lines(&out), events[6..]);
     c.close().await;
-}
-
-/// Events as short lines, for failure messages.
-fn story(events: &[Value]) -> String {
-    events
-        .iter()
-        .map(|e| {
-            let s = |k: &str| e[k].as_str().unwrap_or("-").to_owned();
-            format!(
-                "{} {} {}/{} {} {} {}\n",
-                e["seq"],
-                s("kind"),
-                s("cluster"),
-                s("node"),
-                s("tool"),
-                s("detail"),
-                s("outcome")
-            )
-        })
-        .collect()
 }
 
 fn position_of_kind(events: &[Value], cluster: &str, kind: &str) -> usize {

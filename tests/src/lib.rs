@@ -18,6 +18,27 @@ use rmcp::transport::{ConfigureCommandExt, TokioChildProcess};
 use rmcp::{ClientHandler, RoleClient, ServiceExt};
 use serde_json::{Value, json};
 
+/// Events (as `events_read` or `vmcluster events --json` give them) as short lines, for
+/// failure messages.
+pub fn event_story(events: &[Value]) -> String {
+    events
+        .iter()
+        .map(|e| {
+            let s = |k: &str| e[k].as_str().unwrap_or("-").to_owned();
+            format!(
+                "{} {} {}/{} {} {} {}\n",
+                e["seq"],
+                s("kind"),
+                s("cluster"),
+                s("node"),
+                s("tool"),
+                s("detail"),
+                s("outcome")
+            )
+        })
+        .collect()
+}
+
 /// The `vmcluster` binary built by cargo (`VMCLUSTER_BIN` overrides).
 pub fn vmcluster_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("VMCLUSTER_BIN") {

@@ -36,13 +36,8 @@ impl VmclusterServer {
             wait_for_ssh: p.wait_for_ssh,
             ssh_timeout,
         };
-        let (opts, _guard) = crate::slow::submit(&ctx, p.wait_s)?;
-        from_submitted(
-            &self.engine,
-            self.engine
-                .node_with(&p.cluster_name, &p.node, op, opts)
-                .await,
-        )
+        self.node_op(&ctx, p.wait_s, &p.cluster_name, &p.node, op)
+            .await
     }
 
     /// Starts a node.
@@ -62,13 +57,8 @@ impl VmclusterServer {
             wait_for_ssh: p.wait_for_ssh,
             ssh_timeout,
         };
-        let (opts, _guard) = crate::slow::submit(&ctx, p.wait_s)?;
-        from_submitted(
-            &self.engine,
-            self.engine
-                .node_with(&p.cluster_name, &p.node_name, op, opts)
-                .await,
-        )
+        self.node_op(&ctx, p.wait_s, &p.cluster_name, &p.node_name, op)
+            .await
     }
 
     /// Stops a node.
@@ -88,13 +78,8 @@ impl VmclusterServer {
             mode: stop_mode(p.mode),
             timeout,
         };
-        let (opts, _guard) = crate::slow::submit(&ctx, p.wait_s)?;
-        from_submitted(
-            &self.engine,
-            self.engine
-                .node_with(&p.cluster_name, &p.node_name, op, opts)
-                .await,
-        )
+        self.node_op(&ctx, p.wait_s, &p.cluster_name, &p.node_name, op)
+            .await
     }
 
     /// Reboots a node.
@@ -115,12 +100,26 @@ impl VmclusterServer {
             wait_for_ssh: p.wait_for_ssh,
             ssh_timeout,
         };
-        let (opts, _guard) = crate::slow::submit(&ctx, p.wait_s)?;
+        self.node_op(&ctx, p.wait_s, &p.cluster_name, &p.node_name, op)
+            .await
+    }
+}
+
+impl VmclusterServer {
+    /// Runs a node operation as a slow tool: bounded wait, cancellation and progress from
+    /// `ctx`, and the `{state: running, op_id}` answer when `wait_s` runs out.
+    async fn node_op(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+        wait_s: u64,
+        cluster: &str,
+        node: &str,
+        op: NodeOp,
+    ) -> Result<Json<Envelope<NodeResult>>, Failure> {
+        let (opts, _guard) = crate::slow::submit(ctx, wait_s)?;
         from_submitted(
             &self.engine,
-            self.engine
-                .node_with(&p.cluster_name, &p.node_name, op, opts)
-                .await,
+            self.engine.node_with(cluster, node, op, opts).await,
         )
     }
 }

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use rmcp::model::{ReadResourceRequestParams, ResourceContents, SubscribeRequestParams};
+use rmcp::model::{ReadResourceRequestParams, SubscribeRequestParams};
 use rmcp::service::NotificationContext;
 use rmcp::{ClientHandler, RoleClient};
 use serde_json::{Value, json};
@@ -267,25 +267,9 @@ impl ClientHandler for Updates {
 }
 
 async fn read_page(c: &McpClient<Updates>, uri: &str) -> Value {
-    let r = c
-        .service
-        .read_resource(ReadResourceRequestParams::new(uri))
-        .await
-        .expect("resources/read");
-    assert_eq!(r.contents.len(), 1);
-    match &r.contents[0] {
-        ResourceContents::TextResourceContents {
-            uri: u,
-            mime_type,
-            text,
-            ..
-        } => {
-            assert_eq!(u, uri);
-            assert_eq!(mime_type.as_deref(), Some("application/json"));
-            serde_json::from_str(text).expect("a JSON page")
-        }
-        other => panic!("not text: {other:?}"),
-    }
+    let (text, mime) = c.read_resource(uri).await.expect("resources/read");
+    assert_eq!(mime.as_deref(), Some("application/json"));
+    serde_json::from_slice(&text).expect("a JSON page")
 }
 
 /// Waits for an update notification of `uri` (others are collected into `seen`).

@@ -385,6 +385,7 @@ impl<H: ClientHandler> McpClient<H> {
             .await
         {
             Ok(r) => {
+                assert_eq!(r.contents.len(), 1, "one content per resource");
                 let c = r.contents.into_iter().next().expect("one content");
                 Ok(match c {
                     ResourceContents::TextResourceContents {

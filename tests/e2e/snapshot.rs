@@ -146,7 +146,9 @@ async fn reverts_bring_back_files_processes_and_clocks_on_three_nodes() {
         |i: usize| format!("kill -0 {} 2>/dev/null && echo alive || echo gone", pids[i]);
     for (i, node) in ["n1", "n2", "n3"].iter().enumerate() {
         let args = json!({"cluster_name": name, "node_name": node,
-            "command": format!("echo two > /root/second && rm /root/first && kill {} && sync", pids[i])});
+            // The killed process lingers until the guest's init reaps it: wait (10 s at most).
+            "command": format!("echo two > /root/second && rm /root/first && kill {p} && sync; \
+                for _ in $(seq 100); do kill -0 {p} 2>/dev/null || break; sleep 0.1; done", p = pids[i])});
         c.call("node_exec", args).await.ok();
         assert_eq!(on(&c, name, Some(&[*node]), &check_pid(i)).await, ["gone"]);
     }
